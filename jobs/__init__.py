@@ -1,0 +1,1 @@
+"""The wiring users touch: the CLI, the demo and (later) job specs and submission."""

@@ -1,0 +1,1 @@
+"""Ray Data annotation pipeline: manifest -> decode -> preprocess -> model -> Parquet."""

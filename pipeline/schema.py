@@ -1,0 +1,59 @@
+"""The one definition of the rows that flow through the pipeline and land in Parquet.
+
+Every stage works on the same row shape: a failure anywhere sets `status="failed"` with
+`error_type`, `error` and `stage`, and later stages pass such rows through untouched, so
+no manifest id is ever dropped.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pyarrow as pa
+
+OK, FAILED = "ok", "failed"
+
+RESULT_SCHEMA = pa.schema(
+    [
+        pa.field("id", pa.string(), nullable=False),
+        pa.field("uri", pa.string()),
+        pa.field("media_type", pa.string()),
+        pa.field("status", pa.string(), nullable=False),
+        pa.field("caption", pa.string()),
+        pa.field("tags", pa.list_(pa.string())),
+        pa.field("error_type", pa.string()),
+        pa.field("error", pa.string()),
+        pa.field("stage", pa.string()),
+        pa.field("model", pa.string()),
+        pa.field("task", pa.string()),
+        pa.field("num_frames", pa.int32()),
+        pa.field("num_visual_tokens", pa.int32()),
+        pa.field("num_kept_tokens", pa.int32()),
+        pa.field("latency_s", pa.float64()),
+    ]
+)
+
+# Columns that carry intermediate payloads between stages and never reach the sink.
+PAYLOAD_COLUMNS = ("frames", "inputs", "fps")
+
+
+def mark_failed(row: dict, stage: str, exc: BaseException) -> dict:
+    """Record a per-item failure on the row instead of raising, so the row keeps flowing."""
+    row.update(
+        status=FAILED,
+        stage=stage,
+        error_type=type(exc).__name__,
+        error=str(exc)[:2000] or type(exc).__name__,
+    )
+    return row
+
+
+def to_result_table(rows: list[dict]) -> pa.Table:
+    """Project rows onto RESULT_SCHEMA so every written file has the same schema."""
+    columns = {f.name: [r.get(f.name) for r in rows] for f in RESULT_SCHEMA}
+    return pa.Table.from_pydict(columns, schema=RESULT_SCHEMA)
+
+
+def is_present(value) -> bool:
+    """True for a real value: Ray hands missing manifest cells over as None or NaN."""
+    return value is not None and not (isinstance(value, float) and math.isnan(value))

@@ -1,0 +1,105 @@
+"""Procedural media with known content: coloured shapes on textured backgrounds.
+
+Used by the demo and the tests to make real mp4 files (PyAV, H.264) and images at run
+time, so no media is committed. Seeded, so the same call always writes the same pixels.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import av
+import numpy as np
+from PIL import Image
+
+COLOURS = {
+    "red": (220, 40, 40),
+    "green": (40, 180, 60),
+    "blue": (40, 70, 220),
+    "yellow": (230, 210, 40),
+    "purple": (150, 60, 190),
+    "orange": (240, 140, 30),
+}
+SHAPES = ("circle", "square", "triangle")
+
+
+@dataclass(frozen=True)
+class Shape:
+    kind: str
+    colour: str
+    size: int
+    x: float
+    y: float
+    dx: float = 0.0
+    dy: float = 0.0
+
+
+def _mask(kind: str, h: int, w: int, cx: float, cy: float, r: int) -> np.ndarray:
+    yy, xx = np.mgrid[0:h, 0:w]
+    if kind == "circle":
+        return (xx - cx) ** 2 + (yy - cy) ** 2 <= r * r
+    if kind == "square":
+        return (np.abs(xx - cx) <= r) & (np.abs(yy - cy) <= r)
+    return (yy - cy <= r) & (yy - cy >= -r) & (np.abs(xx - cx) <= (yy - cy + r) / 2)
+
+
+def background(h: int, w: int, rng: np.random.Generator) -> np.ndarray:
+    """A smooth, highly redundant texture: most visual tokens carry little information."""
+    base = rng.integers(60, 200, size=3)
+    yy, xx = np.mgrid[0:h, 0:w]
+    stripes = (np.sin(xx / rng.uniform(6, 14)) + np.cos(yy / rng.uniform(6, 14))) * 12
+    return np.clip(base[None, None, :] + stripes[..., None], 0, 255).astype(np.uint8)
+
+
+def random_shapes(rng: np.random.Generator, count: int, h: int, w: int, moving: bool) -> list[Shape]:
+    shapes = []
+    for _ in range(count):
+        size = int(rng.integers(min(h, w) // 12, min(h, w) // 6))
+        speed = (rng.uniform(-3, 3), rng.uniform(-3, 3)) if moving else (0.0, 0.0)
+        shapes.append(
+            Shape(
+                kind=str(rng.choice(SHAPES)),
+                colour=str(rng.choice(list(COLOURS))),
+                size=size,
+                x=float(rng.uniform(size, w - size)),
+                y=float(rng.uniform(size, h - size)),
+                dx=speed[0],
+                dy=speed[1],
+            )
+        )
+    return shapes
+
+
+def render(bg: np.ndarray, shapes: list[Shape], t: int = 0) -> np.ndarray:
+    frame = bg.copy()
+    h, w = frame.shape[:2]
+    for s in shapes:
+        frame[_mask(s.kind, h, w, s.x + s.dx * t, s.y + s.dy * t, s.size)] = COLOURS[s.colour]
+    return frame
+
+
+def write_image(path: str | Path, seed: int, size: tuple[int, int] = (224, 320), count: int = 3) -> list[Shape]:
+    rng = np.random.default_rng(seed)
+    h, w = size
+    shapes = random_shapes(rng, count, h, w, moving=False)
+    Image.fromarray(render(background(h, w, rng), shapes)).save(path)
+    return shapes
+
+
+def write_video(
+    path: str | Path, seed: int, size: tuple[int, int] = (224, 224), frames: int = 16, fps: int = 8, count: int = 2
+) -> list[Shape]:
+    """Encode an H.264 mp4 of moving shapes with PyAV."""
+    rng = np.random.default_rng(seed)
+    h, w = size
+    shapes = random_shapes(rng, count, h, w, moving=True)
+    bg = background(h, w, rng)
+    with av.open(str(path), mode="w") as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
+        for t in range(frames):
+            frame = av.VideoFrame.from_ndarray(render(bg, shapes, t), format="rgb24")
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+    return shapes

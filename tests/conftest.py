@@ -1,0 +1,50 @@
+"""Session fixtures: a tiny saved model, real generated media, one local Ray instance."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+
+from reference.media import write_image, write_video
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    from reference.tiny_model import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-model"))
+
+
+@pytest.fixture(scope="session")
+def media(tmp_path_factory) -> dict[str, Path]:
+    """Real media files, good and bad, written once per session."""
+    root = tmp_path_factory.mktemp("media")
+    files = {
+        "video": root / "clip.mp4",
+        "video_long": root / "long clip ünï.mp4",
+        "image": root / "image.png",
+        "empty": root / "empty.mp4",
+        "corrupt": root / "corrupt.mp4",
+        "truncated": root / "truncated.mp4",
+        "text": root / "notes.txt",
+    }
+    write_video(files["video"], seed=1, frames=16, fps=8)
+    write_video(files["video_long"], seed=2, frames=40, fps=8, size=(160, 240))
+    write_image(files["image"], seed=3)
+    files["empty"].write_bytes(b"")
+    files["corrupt"].write_bytes(b"\x00\x01 definitely not an mp4 " * 50)
+    data = files["video"].read_bytes()
+    files["truncated"].write_bytes(data[: len(data) // 3])
+    files["text"].write_text("hello")
+    return files
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING)
+    yield ray
+    ray.shutdown()

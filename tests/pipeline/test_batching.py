@@ -1,0 +1,39 @@
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from pipeline.batching import pack_by_tokens
+
+
+def test_longest_first_and_token_budget():
+    lengths = [100, 400, 120, 390, 50]
+    batches = pack_by_tokens(lengths, max_batch_size=8, max_batch_tokens=800)
+    assert batches == [[1, 3], [2, 0, 4]]
+
+
+def test_max_batch_size_caps_rows():
+    assert pack_by_tokens([10] * 5, max_batch_size=2, max_batch_tokens=10_000) == [[0, 1], [2, 3], [4]]
+
+
+def test_oversized_item_runs_alone():
+    assert pack_by_tokens([5000, 10, 10], max_batch_size=4, max_batch_tokens=1000) == [[0], [1, 2]]
+
+
+def test_invalid_limits():
+    with pytest.raises(ValueError):
+        pack_by_tokens([1], max_batch_size=0, max_batch_tokens=10)
+
+
+@given(
+    st.lists(st.integers(1, 3000), max_size=60),
+    st.integers(1, 16),
+    st.integers(1, 20000),
+)
+def test_every_item_exactly_once_within_limits(lengths, size, tokens):
+    batches = pack_by_tokens(lengths, size, tokens)
+    flat = sorted(i for b in batches for i in b)
+    assert flat == list(range(len(lengths)))
+    for b in batches:
+        assert len(b) <= size
+        if len(b) > 1:
+            assert max(lengths[i] for i in b) * len(b) <= tokens
