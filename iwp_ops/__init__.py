@@ -1,0 +1,37 @@
+"""Visual-token pruning as implicit-weight pruning (IWP), with peer methods, in pure PyTorch.
+
+Public API:
+
+- ``select_tokens(keys, values, budget, *, method="iwp", mask=None, **options)``
+- ``weight_fidelity(keys, values, indices, *, mask=None, kernel="softmax")``
+- ``adaptive_budget(keys, values, target, *, min_tokens, max_tokens, mask=None, **options)``
+- ``visionzip_merged_features(keys, values, budget, hidden, *, mask=None, ...)``
+- ``information_magnitude(keys, values, *, queries=None, per_head=False)`` (log space)
+- ``information_duplication(keys, values, rows, cols, *, heads="layer")``
+- ``enable_pruning(model, method="iwp", keep_ratio=0.222, layer=2, **options)``: prune inside a
+  loaded transformers VLM (``iwp_ops.models``; the only part that touches transformers).
+- ``METHODS``: the names ``select_tokens`` accepts for ``method``.
+"""
+
+from .budget import adaptive_budget
+from .fidelity import weight_fidelity
+from .methods import REGISTRY as _REGISTRY
+from .methods.visionzip import merged_features as visionzip_merged_features
+from .models import ItemStats, PruningHandle, enable_pruning
+from .scores import information_duplication, information_magnitude
+from .select import select_tokens
+
+METHODS: tuple[str, ...] = tuple(_REGISTRY)
+
+__all__ = [
+    "METHODS",
+    "ItemStats",
+    "PruningHandle",
+    "adaptive_budget",
+    "enable_pruning",
+    "information_duplication",
+    "information_magnitude",
+    "select_tokens",
+    "visionzip_merged_features",
+    "weight_fidelity",
+]

@@ -1,0 +1,128 @@
+"""Weight fidelity: how much of the implicit weight ``W_N = Σᵢ ΔWᵢ`` the kept tokens preserve.
+
+``fidelity = ⟨W_N, W_S⟩ / (‖W_N‖‖W_S‖)`` in the Frobenius inner product, summed over
+heads, from Gram terms ``⟨ΔWᵢ,ΔWⱼ⟩ = (vᵢ·vⱼ)·exp(kᵢ·kⱼ/√d)``. The cosine, unlike the
+residual ‖W_N − W_S‖, ignores the scale of W_S, which softmax renormalises anyway.
+Every Gram term is shifted by one per-item constant (it cancels in the cosine)
+so that all exponents are <= 0, and Gram blocks are formed a few rows at a time, so
+memory stays O(N·block) whatever N is. Time is O(N²·H·d): ‖W_N‖² needs every pair.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from . import validate
+from .scoring import PairFeatures, pair_features
+
+KERNELS = ("softmax", "linear")
+_BLOCK_ELEMENTS = 1 << 23
+
+
+@dataclass(frozen=True)
+class LinearFeatures:
+    """Factors of the linear-attention Gram ``Σ_h (vᵢₕ·vⱼₕ)(kᵢₕ·kⱼₕ)``, rescaled to norms <= 1."""
+
+    keys: Tensor
+    values: Tensor
+
+    def take(self, idx: Tensor) -> LinearFeatures:
+        safe = idx.clamp(min=0)[:, None, :, None]
+        h = self.keys.shape[1]
+        values = self.values.gather(2, safe.expand(-1, h, -1, self.values.shape[-1]))
+        return LinearFeatures(self.keys.gather(2, safe.expand(-1, h, -1, self.keys.shape[-1])),
+                              values * (idx >= 0)[:, None, :, None])
+
+    def rows(self, start: int, stop: int) -> LinearFeatures:
+        return LinearFeatures(self.keys[:, :, start:stop], self.values[:, :, start:stop])
+
+    def pair(self, other: LinearFeatures) -> Tensor:
+        b, h, r, _ = self.keys.shape
+        out = self.keys.new_zeros(b, r, other.keys.shape[2])
+        for head in range(h):
+            dot_k = self.keys[:, head] @ other.keys[:, head].transpose(1, 2)
+            out.addcmul_(dot_k, self.values[:, head] @ other.values[:, head].transpose(1, 2))
+        return out
+
+
+Features = PairFeatures | LinearFeatures
+
+
+def gram_features(keys: Tensor, values: Tensor, mask: Tensor, kernel: str) -> Features:
+    """Gram factors in which non-candidate tokens weigh nothing."""
+    if kernel == "linear":
+        k, v = keys.float(), values.float() * mask[:, None, :, None]
+        scale_k = k.norm(dim=-1).amax((1, 2), keepdim=True).clamp(min=1e-30)[..., None]
+        scale_v = v.norm(dim=-1).amax((1, 2), keepdim=True).clamp(min=1e-30)[..., None]
+        return LinearFeatures(k / scale_k, v / scale_v)
+    base, log_m = pair_features(keys, values)
+    log_m = log_m.masked_fill(~mask[:, None, :], float("-inf"))
+    shift = log_m.amax((1, 2), keepdim=True)
+    shift = torch.where(torch.isfinite(shift), shift, torch.zeros_like(shift))
+    return base.with_logw(log_m - shift)
+
+
+def _blocks(count: int, per_row: int, batch: int) -> list[tuple[int, int]]:
+    step = max(1, _BLOCK_ELEMENTS // max(1, batch * per_row))
+    return [(start, min(count, start + step)) for start in range(0, count, step)]
+
+
+def column_sums(features: Features, cols: Features) -> Tensor:
+    """``Σᵢ G[i, j]`` over all rows i, for each column token j: ``[B, C]`` in float64."""
+    b, _, n, _ = features.keys.shape
+    total = torch.zeros(b, cols.keys.shape[2], dtype=torch.float64, device=features.keys.device)
+    for start, stop in _blocks(n, cols.keys.shape[2], b):
+        total += features.rows(start, stop).pair(cols).double().sum(1)
+    return total
+
+
+def squared_norm(features: Features) -> Tensor:
+    """``‖Σᵢ ΔWᵢ‖²`` over all tokens of ``features``: ``[B]`` in float64."""
+    return column_sums(features, features).sum(-1)
+
+
+def cosine(inner: Tensor, norm_a: Tensor, norm_b: Tensor) -> Tensor:
+    denom = (norm_a * norm_b).clamp(min=0).sqrt()
+    return torch.where(denom > 0, inner / denom.clamp(min=1e-300), torch.zeros_like(inner))
+
+
+def weight_fidelity(keys: Any, values: Any, indices: Any, *, mask: Tensor | None = None,
+                    kernel: str = "softmax") -> Tensor:
+    """Cosine between the full and the kept implicit weight per item, ``Tensor[B]`` (float32).
+
+    ``indices`` ``[B, K]`` as returned by ``select_tokens`` (-1 entries are ignored);
+    ``mask`` restricts the full weight to candidate tokens (kept non-candidates count
+    for nothing). ``kernel="linear"`` uses ``(vᵢ·vⱼ)(kᵢ·kⱼ)``, for which the result is
+    the cosine of the explicit matrices ``W = Σ kᵢᵀvᵢ``. Items whose weight is zero give 0.
+    """
+    keys, values = validate.keys_values(keys, values)
+    b, _, n, _ = keys.shape
+    cand = validate.mask(mask, b, n, keys.device)
+    kept_idx = validate.indices(indices, b, n, keys.device)
+    kernel = validate.choice("kernel", kernel, KERNELS)
+    features = gram_features(keys, values, cand, kernel)
+    kept = features.take(kept_idx)
+    inner = column_sums(features, kept).sum(-1)
+    return cosine(inner, squared_norm(features), column_sums(kept, kept).sum(-1)).float()
+
+
+def prefix_fidelity(features: Features, order: Tensor) -> Tensor:
+    """Fidelity of every prefix of an admission order ``[B, K]`` (-1 padded): ``[B, K]`` float64.
+
+    Uses ``‖W_{S+j}‖² = ‖W_S‖² + 2Σ_{i∈S}G[i,j] + G[j,j]`` over the order, one block of
+    rows at a time, so all K prefixes cost one K×K Gram pass instead of K fidelities.
+    """
+    kept = features.take(order)
+    inner = column_sums(features, kept).cumsum(-1)
+    b, k = order.shape
+    lower = torch.zeros(b, k, dtype=torch.float64, device=order.device)
+    for start, stop in _blocks(k, k, b):
+        block = kept.rows(start, stop).pair(kept).double()
+        rows = torch.arange(start, stop, device=order.device)
+        below = torch.arange(k, device=order.device)[None, :] < rows[:, None]
+        lower[:, start:stop] = 2 * (block * below).sum(-1) + block[:, rows - start, rows]
+    return cosine(inner, squared_norm(features)[:, None], lower.cumsum(-1))

@@ -1,0 +1,328 @@
+"""Prune visual tokens at decoder layer K of a loaded transformers VLM, in place.
+
+How it works, for one `forward`/`generate` call:
+1. A pre-hook on the top model sees the prefill's `input_ids` and attention mask and
+   marks the visual placeholder tokens (only those are candidates; text and vision
+   start/end tokens always stay).
+2. Layer K, on the prefill, scores the candidates with its own keys (after rotary) and
+   values — the projections of its normed input — selects with `iwp_ops.select_tokens`,
+   and gathers the kept tokens (left-padded per batch row, so the last position stays the
+   last token) together with their rotary rows (original positions are kept) and a new
+   padding mask. Layers >= K run, and fill their KV cache, on the kept sequence only.
+3. On every decode step, layers >= K get a causal mask built over their shorter cache;
+   layers < K keep the full-length cache and masks the model builds itself, and they set
+   the position counter, so decoding continues after the last original position.
+
+Only keys and values are needed (never an attention map), so SDPA and FlashAttention-2
+work; masks come from transformers' own mask functions for the model's implementation.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ..budget import adaptive_budget
+from ..fidelity import weight_fidelity
+from ..methods import lookup
+from ..select import select_tokens
+from .families import Family, family_of
+
+_DEFAULTS: dict[str, Any] = dict(method="iwp", layer=2, keep_ratio=0.222, keep_tokens=None, fidelity_target=None,
+                                 min_tokens=1, max_tokens=None, query_tokens=1, query_aware=False, record_fidelity=True,
+                                 options={})
+
+
+@dataclass(frozen=True)
+class ItemStats:
+    """What pruning did to one batch item in the last call."""
+
+    visual_before: int
+    visual_after: int
+    fidelity: float | None
+
+
+@dataclass
+class _Call:
+    """State of one forward/generate call, from prefill to the last decode step."""
+
+    visual: Tensor
+    attention: Tensor
+    embeddings: Tensor | None = None
+    kept_mask: Tensor | None = None
+    rotary: tuple[Tensor, Tensor] | None = None
+    layer_mask: Any = None
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+
+def _rotate_half(x: Tensor) -> Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+def _heads(proj: nn.Module, normed: Tensor, head_dim: int, norm: nn.Module | None = None) -> Tensor:
+    """[B, L, E] -> [B, H, L, D] through a projection (and a per-head norm where the model has one)."""
+    b, length, _ = normed.shape
+    out = proj(normed).view(b, length, -1, head_dim)
+    if norm is not None:
+        out = norm(out)
+    return out.transpose(1, 2)
+
+
+def _rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    return x * cos[:, None] + _rotate_half(x) * sin[:, None]
+
+
+def _gather_tokens(x: Tensor, index: Tensor) -> Tensor:
+    return x.gather(1, index[..., None].expand(-1, -1, x.shape[-1]))
+
+
+class PruningHandle:
+    """Returned by `enable_pruning`: change, disable or remove pruning; read per-item stats.
+
+    `last_stats` holds one `ItemStats` per batch item of the latest call that had visual
+    tokens (empty when pruning was disabled or the input had none).
+    """
+
+    def __init__(self, model: nn.Module, family: Family, **settings: Any):
+        self.model = model
+        self.family = family
+        self.language_model = family.language_model(model)
+        self.visual_ids = family.visual_token_ids(model)
+        self.enabled = True
+        self.last_stats: list[ItemStats] = []
+        self._call: _Call | None = None
+        self._originals: dict[int, Any] = {}
+        self._hooks: list[Any] = []
+        self.configure(**settings)
+        self._install()
+
+    def configure(self, **changes: Any) -> PruningHandle:
+        """Change settings; unspecified ones keep their value.
+
+        Settings: `method`, `layer`, `keep_ratio` (of each item's visual tokens; one value
+        or one per item), `keep_tokens` (a count or one per item; overrides the ratio),
+        `fidelity_target` (the fewest tokens whose IWP selection keeps that weight
+        fidelity, within [`min_tokens`, `max_tokens`]; overrides both), `query_aware` (give
+        the last `query_tokens` prompt tokens' queries to methods that can use them, e.g. IWP's
+        eq. 10; FastV always gets them), `record_fidelity`.
+        Any other keyword is an option of the selection method; giving any, or a new
+        method, replaces the previous method options.
+        """
+        settings = dict(getattr(self, "settings", _DEFAULTS))
+        options = {k: v for k, v in changes.items() if k not in _DEFAULTS}
+        settings.update({k: v for k, v in changes.items() if k in _DEFAULTS})
+        if "keep_ratio" in changes and "keep_tokens" not in changes:
+            settings["keep_tokens"] = None
+        if options or "method" in changes:
+            settings["options"] = options
+        self._validate(settings)
+        relayer = hasattr(self, "settings") and settings["layer"] != self.settings["layer"]
+        if relayer:
+            self._uninstall()
+        self.settings = settings
+        if relayer:
+            self._install()
+        return self
+
+    def _validate(self, s: dict[str, Any]) -> None:
+        fn = lookup(s["method"])
+        params = [p for p in inspect.signature(fn).parameters.values() if p.kind is p.KEYWORD_ONLY]
+        accepted = {p.name for p in params}
+        self._required = {p.name for p in params if p.default is p.empty}
+        unknown = set(s["options"]) - accepted
+        if unknown:
+            raise ValueError(f"method {s['method']!r} does not take option(s) {sorted(unknown)}; it accepts {sorted(accepted)}")
+        self._accepted = accepted
+        layers = len(self.language_model.layers)
+        if not 0 <= s["layer"] < layers:
+            raise ValueError(f"layer must be in [0, {layers - 1}] for this model, got {s['layer']}")
+        ratios = s["keep_ratio"] if isinstance(s["keep_ratio"], Sequence) else [s["keep_ratio"]]
+        if any(not 0.0 < float(r) <= 1.0 for r in ratios):
+            raise ValueError(f"keep_ratio must be in (0, 1], got {s['keep_ratio']}")
+        if s["fidelity_target"] is not None and not 0.0 < s["fidelity_target"] <= 1.0:
+            raise ValueError(f"fidelity_target must be in (0, 1], got {s['fidelity_target']}")
+        if s["fidelity_target"] is not None and s["method"] != "iwp":
+            raise ValueError("fidelity_target (adaptive budget) is defined by IWP's selection: use method 'iwp'")
+        if s["query_tokens"] < 1 or s["min_tokens"] < 0:
+            raise ValueError("query_tokens must be at least 1 and min_tokens at least 0")
+
+    def disable(self) -> None:
+        self.enabled = False
+
+    def enable(self) -> None:
+        self.enabled = True
+
+    def remove(self) -> None:
+        """Restore the model exactly as it was before `enable_pruning`."""
+        self._uninstall()
+        self._call = None
+        self.model._iwp_pruning = None
+
+    def _install(self) -> None:
+        self._hooks = [
+            self.model.register_forward_pre_hook(self._on_model_call, with_kwargs=True),
+            self.language_model.register_forward_pre_hook(self._on_language_model_call, with_kwargs=True),
+        ]
+        layer = self.settings["layer"]
+        for index, module in enumerate(self.language_model.layers):
+            if index >= layer:
+                self._originals[index] = module.forward
+                module.forward = self._wrapped(index, module, module.forward)
+
+    def _uninstall(self) -> None:
+        for hook in self._hooks:
+            hook.remove()
+        self._hooks = []
+        for index, original in self._originals.items():
+            module = self.language_model.layers[index]
+            if module.forward is not original:
+                del module.forward
+        self._originals = {}
+
+    def _on_model_call(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        input_ids = kwargs.get("input_ids", args[0] if args else None)
+        cache = kwargs.get("cache", kwargs.get("past_key_values"))
+        if cache is not None and cache.get_seq_length() > 0:
+            return
+        self._call = None
+        self.last_stats = []
+        if not self.enabled or input_ids is None:
+            return
+        attention = kwargs.get("attention_mask")
+        if attention is not None and (isinstance(attention, dict) or attention.dim() != 2):
+            raise NotImplementedError("visual-token pruning needs a 2-D padding mask (dynamic cache), not a prepared 4-D mask")
+        attention = torch.ones_like(input_ids, dtype=torch.bool) if attention is None else attention.bool()
+        visual = torch.isin(input_ids, torch.tensor(self.visual_ids, device=input_ids.device)) & attention
+        if bool(visual.any()):
+            self._call = _Call(visual=visual, attention=attention)
+
+    def _on_language_model_call(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        call = self._call
+        if call is not None and call.kept_mask is None and "embeddings" in self._accepted:
+            call.embeddings = kwargs.get("inputs_embeds")
+
+    def _wrapped(self, index: int, layer: nn.Module, original: Any) -> Any:
+        def forward(hidden_states: Tensor, *args: Any, **kwargs: Any) -> Any:
+            call = self._call
+            if call is None:
+                return original(hidden_states, *args, **kwargs)
+            if index == self.settings["layer"]:
+                if call.kept_mask is None:
+                    hidden_states = self._prune(call, layer, hidden_states, kwargs)
+                else:
+                    self._extend(call, hidden_states)
+            kwargs.update(call.overrides)
+            return original(hidden_states, *args, **kwargs)
+
+        return forward
+
+    def _budgets(self, call: _Call, keys: Tensor, values: Tensor, options: dict[str, Any]) -> Tensor:
+        s = self.settings
+        counts = call.visual.sum(-1)
+        if s["fidelity_target"] is not None:
+            hi = s["max_tokens"] if s["max_tokens"] is not None else keys.shape[2]
+            return adaptive_budget(keys, values, s["fidelity_target"], min_tokens=s["min_tokens"], max_tokens=hi,
+                                   mask=call.visual, **options)
+        if s["keep_tokens"] is not None:
+            wanted = torch.as_tensor(s["keep_tokens"], device=counts.device).expand_as(counts)
+        else:
+            ratio = torch.as_tensor(s["keep_ratio"], dtype=torch.float64, device=counts.device).expand_as(counts)
+            wanted = torch.round(ratio * counts).long()
+        return torch.minimum(wanted.clamp(min=s["min_tokens"]), counts)
+
+    @torch.no_grad()
+    def _prune(self, call: _Call, layer: nn.Module, hidden: Tensor, kwargs: dict[str, Any]) -> Tensor:
+        """Score and select at layer K; the selection is discrete, so no gradient flows through it."""
+        attn = layer.self_attn
+        cos, sin = kwargs["position_embeddings"]
+        normed = layer.input_layernorm(hidden)
+        keys = _rope(_heads(attn.k_proj, normed, attn.head_dim, getattr(attn, "k_norm", None)), cos, sin)
+        values = _heads(attn.v_proj, normed, attn.head_dim)
+        options = dict(self.settings["options"])
+        if "hidden" in self._accepted:
+            options.setdefault("hidden", normed)
+        if "embeddings" in self._accepted and call.embeddings is not None:
+            options.setdefault("embeddings", call.embeddings)
+        if "queries" in self._required or ("queries" in self._accepted and self.settings["query_aware"]):
+            t = self.settings["query_tokens"]
+            q = _heads(attn.q_proj, normed[:, -t:], attn.head_dim, getattr(attn, "q_norm", None))
+            options.setdefault("queries", _rope(q, cos[:, -t:], sin[:, -t:]))
+        budget = self._budgets(call, keys, values, options)
+        selected = select_tokens(keys, values, budget, method=self.settings["method"], mask=call.visual, **options)
+        b, length, _ = hidden.shape
+        keep = call.attention & ~call.visual
+        chosen = torch.zeros(b, length + 1, dtype=torch.bool, device=hidden.device)
+        chosen.scatter_(1, torch.where(selected >= 0, selected, length), True)
+        keep |= chosen[:, :length]
+        self._record(call, keys, values, selected, budget)
+
+        new_length = int(keep.sum(-1).max())
+        order = torch.sort(keep.to(torch.int8), dim=1, stable=True).indices[:, length - new_length:]
+        call.kept_mask = keep.gather(1, order)
+        call.rotary = tuple(_gather_tokens(t.expand(b, -1, -1), order) for t in (cos, sin))
+        call.overrides = {"position_embeddings": call.rotary, "attention_mask": self._mask(call, hidden, new_length)}
+        position_ids = kwargs.get("position_ids")
+        if isinstance(position_ids, Tensor) and position_ids.shape[-1] == length:
+            lead = position_ids.shape[:-2]
+            call.overrides["position_ids"] = position_ids.expand(*lead, b, length).gather(-1, order.expand(*lead, -1, -1))
+        return _gather_tokens(hidden, order)
+
+    def _extend(self, call: _Call, hidden: Tensor) -> None:
+        """A decode step: the new tokens attend to the kept cache plus themselves."""
+        new = hidden.shape[1]
+        call.kept_mask = torch.cat([call.kept_mask, call.kept_mask.new_ones(hidden.shape[0], new)], dim=1)
+        call.overrides["attention_mask"] = self._mask(call, hidden, new)
+        call.overrides.pop("position_ids", None)
+        call.overrides.pop("position_embeddings", None)
+
+    def _mask(self, call: _Call, hidden: Tensor, q_length: int) -> Any:
+        from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, causal_mask_function
+
+        config = self.language_model.config
+        kv_length = call.kept_mask.shape[1]
+        return ALL_MASK_ATTENTION_FUNCTIONS[config._attn_implementation](
+            batch_size=hidden.shape[0],
+            q_length=q_length,
+            kv_length=kv_length,
+            q_offset=kv_length - q_length,
+            kv_offset=0,
+            mask_function=causal_mask_function,
+            attention_mask=call.kept_mask,
+            allow_is_causal_skip=False,
+            dtype=hidden.dtype,
+            config=config,
+            use_vmap=False,
+            device=hidden.device,
+        )
+
+    def _record(self, call: _Call, keys: Tensor, values: Tensor, selected: Tensor, budget: Tensor) -> None:
+        before = call.visual.sum(-1).tolist()
+        after = budget.tolist()
+        fidelity: list[float | None] = [None] * len(before)
+        if self.settings["record_fidelity"]:
+            fidelity = [None if math.isnan(f) else f for f in
+                        weight_fidelity(keys, values, selected, mask=call.visual).float().tolist()]
+        self.last_stats = [ItemStats(int(b), int(a), f) for b, a, f in zip(before, after, fidelity)]
+
+
+def enable_pruning(model: nn.Module, method: str = "iwp", keep_ratio: float | Sequence[float] = 0.222, layer: int = 2,
+                   **options: Any) -> PruningHandle:
+    """Patch a loaded model in place so that its own `forward`/`generate` prune visual tokens.
+
+    `layer` is the decoder layer K whose keys/values score the tokens (0: before the first
+    layer, with layer 0's projections of the input embeddings); layers >= K run on the kept
+    tokens. Budget and extra settings: see `PruningHandle.configure`; other keyword
+    arguments go to the selection method.
+    """
+    if getattr(model, "_iwp_pruning", None) is not None:
+        raise RuntimeError("pruning is already enabled on this model; use the returned handle to change it")
+    handle = PruningHandle(model, family_of(model), method=method, keep_ratio=keep_ratio, layer=layer, **options)
+    model._iwp_pruning = handle
+    return handle

@@ -1,0 +1,133 @@
+"""Progressive Chunked Maximal Marginal Relevance (PC-MMR), batched over items with a padding mask.
+
+Greedy MMR admits the token maximising ``λ·m̂ᵢ − (1−λ)·max_{j∈S} Sᵢⱼ`` (the penalty
+is 0 while S is empty). Each step here admits up to ``c`` tokens at once:
+
+1. take the top ``p = pool_factor·c`` candidates by current MMR score;
+2. compute their small ``p×p`` similarity and, Fast-NMS style, re-score each by its
+   maximal similarity to the higher-ranked members of the pool; a member whose
+   similarity to a higher-ranked member reaches ``dup_threshold`` is not admissible
+   in this step, so one chunk never holds two near-duplicates;
+3. admit the best ``c`` admissible members (fewer if the pool runs short; the
+   shortfall is made up by later steps);
+4. update every token's running max-similarity against the admitted tokens only.
+
+Tokens whose ΔWᵢ is zero (zero values) carry no information: they score below any
+MMR value (which lies in [−1, 1]) and are admitted only when nothing else is left.
+
+Memory is O(N·(d + p)) per head and item; no N×N matrix is formed. ``c = 1`` is
+exact greedy MMR. The schedule does not depend on the budget, and each item stops
+admitting at its own budget, so a selection of size b is the first b tokens of the
+admission order of any larger budget (``adaptive_budget`` relies on this).
+
+The Python loop runs over steps, whose number is fixed on the host by the width and
+the schedule, with no host sync inside. Only when pools ran short (many mutual
+near-duplicates, e.g. a constant image) do extra steps follow; each of those syncs
+once to check progress and sizes its update to the tokens it admitted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import torch
+from torch import Tensor
+
+from .frames import FrameQuota
+from .indices import rank_among
+from .scoring import PairFeatures
+
+PROGRESSIVE = (1, 2, 4, 8, 16, 32, 64)
+_VOID = -2.0
+
+
+def schedule(chunk: int | Sequence[int] | None) -> Iterator[int]:
+    """Chunk sizes per step: the given sequence (or constant int), its last size repeating."""
+    sizes = PROGRESSIVE if chunk is None else (chunk,) if isinstance(chunk, int) else tuple(chunk)
+    yield from sizes
+    while True:
+        yield sizes[-1]
+
+
+class _Greedy:
+    """Selection state of a batch: running max-similarity, availability, admission order."""
+
+    def __init__(self, features: PairFeatures, mhat: Tensor, informative: Tensor, mask: Tensor, budget: Tensor,
+                 width: int, lam: float, pool_factor: int, dup_threshold: float, frames: FrameQuota | None) -> None:
+        self.features = features
+        self.informative = informative
+        self.relevance = lam * mhat
+        self.weight = 1.0 - lam
+        self.pool_factor = pool_factor
+        self.dup_threshold = dup_threshold
+        self.frames = frames
+        self.budget = budget
+        self.width = width
+        b, n = mhat.shape
+        self.n = n
+        self.running = torch.full((b, n), float("-inf"), device=mhat.device)
+        self.available = mask.clone()
+        self.order = torch.full((b, width + 1), -1, dtype=torch.long, device=mhat.device)
+        self.filled = torch.zeros(b, dtype=torch.long, device=mhat.device)
+
+    def _mmr(self, relevance: Tensor, penalty: Tensor, informative: Tensor) -> Tensor:
+        return torch.where(informative, relevance - self.weight * penalty, _VOID)
+
+    def step(self, chunk: int, compact: bool = False) -> None:
+        """Admit up to ``chunk`` tokens per item; ``compact`` sizes the update to what was admitted (one sync)."""
+        chunk = min(chunk, self.n)
+        pool = chunk if chunk == 1 else min(self.n, self.pool_factor * chunk)
+        penalty = self.running.nan_to_num(neginf=0.0)
+        eligible = self.available if self.frames is None else self.available & self.frames.open_tokens()
+        score = self._mmr(self.relevance, penalty, self.informative).masked_fill(~eligible, float("-inf"))
+        top_score, top = score.topk(pool, dim=-1)
+        valid = top_score > float("-inf")
+
+        sim = self.features.take(top).pair(self.features.take(top))
+        above = torch.ones(pool, pool, dtype=torch.bool, device=top.device).triu(1)
+        sim_above = sim.masked_fill(~(above & valid[:, :, None]), float("-inf")).amax(1)
+        rescored = self._mmr(self.relevance.gather(1, top), torch.maximum(penalty.gather(1, top), sim_above),
+                             self.informative.gather(1, top))
+        ok = valid & (sim_above < self.dup_threshold)
+        rank = rescored.masked_fill(~ok, float("-inf")).argsort(dim=-1, descending=True, stable=True)
+        ranked, ok = top.gather(1, rank), ok.gather(1, rank)
+        if self.frames is not None:
+            ok = self.frames.admissible(ranked, ok)
+
+        position = rank_among(ok)
+        admit = ok & (position < (self.budget - self.filled)[:, None]) & (position < chunk)
+        self.order.scatter_(1, torch.where(admit, self.filled[:, None] + position, self.width), ranked)
+        self.available.scatter_(1, ranked, self.available.gather(1, ranked) & ~admit)
+        self.filled += admit.sum(-1)
+        if self.frames is not None:
+            self.frames.admit(ranked, admit)
+
+        width = max(1, int(admit.sum(-1).max())) if compact else chunk
+        front = admit.to(torch.uint8).argsort(dim=-1, descending=True, stable=True)[:, :width]
+        new, new_ok = ranked.gather(1, front), admit.gather(1, front)
+        sim_new = self.features.pair(self.features.take(new))
+        sim_new.masked_fill_(~new_ok[:, None, :], float("-inf"))
+        torch.maximum(self.running, sim_new.amax(-1), out=self.running)
+
+    def unfinished(self) -> bool:
+        return bool((self.filled < self.budget).any())
+
+
+def admission_order(features: PairFeatures, mhat: Tensor, informative: Tensor, mask: Tensor, budget: Tensor,
+                    width: int, *,
+                    lam: float, chunk: int | Sequence[int] | None, pool_factor: int, dup_threshold: float,
+                    frames: FrameQuota | None = None) -> Tensor:
+    """Admission order ``[B, width]`` of PC-MMR; item b's first ``budget[b]`` entries are valid, the rest -1.
+
+    ``budget`` must not exceed each item's candidate count (nor ``width``).
+    """
+    state = _Greedy(features, mhat, informative, mask, budget, width, lam, pool_factor, dup_threshold, frames)
+    sizes = schedule(chunk)
+    planned = 0
+    while planned < width:
+        size = next(sizes)
+        state.step(size)
+        planned += size
+    while state.unfinished():
+        state.step(next(sizes), compact=True)
+    return state.order[:, :width]

@@ -1,0 +1,44 @@
+"""``select_tokens``: the single entry point over all selection methods."""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+from torch import Tensor
+
+from .indices import ascending
+from .methods import lookup
+from .request import build
+
+
+def check_options(method: str, fn: Any, options: dict[str, Any]) -> None:
+    """Refuse options the method does not take and demand the inputs it needs, naming them."""
+    accepted = [p for p in inspect.signature(fn).parameters.values() if p.kind is p.KEYWORD_ONLY]
+    unknown = sorted(set(options) - {p.name for p in accepted})
+    if unknown:
+        names = ", ".join(p.name for p in accepted) or "none"
+        raise ValueError(f"method {method!r} does not take option(s) {', '.join(unknown)}; it accepts: {names}")
+    missing = [p.name for p in accepted if p.default is p.empty and p.name not in options]
+    if missing:
+        raise ValueError(f"method {method!r} needs the keyword argument(s) {', '.join(missing)}")
+
+
+def select_tokens(keys: Tensor, values: Tensor, budget: int | Tensor, *, method: str = "iwp",
+                  mask: Tensor | None = None, **options: Any) -> Tensor:
+    """Indices of the tokens to keep, ``LongTensor[B, max(budget)]``.
+
+    ``keys``/``values`` are ``[B, H, N, D]`` (keys after rotary embedding, KV heads);
+    ``mask`` ``[B, N]`` marks candidate tokens (default: all). ``budget`` is an int or
+    a ``LongTensor[B]``. Each row holds ``min(budget, candidates)`` unique candidate
+    indices in ascending order, then -1 up to the width. ``method`` picks one of
+    ``iwp`` (default), ``magnitude``, ``random``, ``uniform``, ``fastv``,
+    ``divprune``, ``dart``, ``visionzip``; ``options`` go to it (see each method's
+    docstring). Bad inputs raise ``ValueError``.
+    """
+    fn = lookup(method)
+    check_options(method, fn, options)
+    req, width = build(keys, values, budget, mask)
+    if req.width == 0:
+        return req.budget.new_full((req.budget.shape[0], width), -1)
+    return ascending(fn(req, **options), width, req.shape[2])
