@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 class _Strict(BaseModel):
@@ -34,23 +34,66 @@ class GenerationConfig(_Strict):
     video_prompt: str = Field("describe this video .", description="default prompt for videos")
 
 
+class PruningConfig(_Strict):
+    """Visual-token pruning inside the model (`iwp_ops.enable_pruning`); method "none" turns it off."""
+
+    method: str = Field("iwp", description="'none', or an iwp_ops method: iwp, magnitude, random, uniform, fastv, divprune, dart, visionzip")
+    keep_ratio: float = Field(0.222, gt=0, le=1, description="share of each item's visual tokens kept")
+    layer: int = Field(2, ge=0, description="decoder layer K whose keys/values score the tokens")
+    fidelity_target: float | None = Field(None, gt=0, le=1, description="adaptive budget: fewest tokens keeping this weight fidelity")
+    options: dict[str, float | int | str | bool] = Field(default_factory=dict, description="method options, e.g. lam")
+
+    @field_validator("method")
+    @classmethod
+    def _known(cls, method: str) -> str:
+        from iwp_ops import METHODS
+
+        if method != "none" and method not in METHODS:
+            raise ValueError(f"unknown pruning method {method!r}; choose 'none' or one of {', '.join(METHODS)}")
+        return method
+
+
 class BatchingConfig(_Strict):
     """Model batches are packed by tokens, not rows, so long videos do not blow up memory."""
 
     rows_per_call: int = Field(16, ge=1, description="rows handed to a model actor per call")
+    rows_per_decode_batch: int = Field(4, ge=1, description="rows per decode/preprocess task call")
     max_batch_size: int = Field(8, ge=1, description="items per forward pass, at most")
     max_batch_tokens: int = Field(16384, ge=1, description="sum of padded sequence lengths per forward pass")
 
 
 class PipelineConfig(_Strict):
+    name: str = Field("iwp-annotate", pattern=r"^[a-z0-9][a-z0-9-]{0,62}$", description="job name: metrics label and Pushgateway group")
     input: str
     output: str
-    task: Literal["caption"] = "caption"
+    task: Literal["caption", "tag"] = "caption"
+    tag_vocabulary: tuple[str, ...] = Field((), description="closed tag vocabulary for task 'tag'")
+    tag_prompt: str | None = Field(None, description="prompt for task 'tag' (default lists the vocabulary)")
     model: ModelConfig
     sampling: SamplingConfig = SamplingConfig()
     generation: GenerationConfig = GenerationConfig()
+    pruning: PruningConfig = PruningConfig()
     batching: BatchingConfig = BatchingConfig()
     model_actors: tuple[int, int] = Field((1, 1), description="(min, max) model actors")
     gpus_per_actor: float = Field(0.0, ge=0)
     cpus_per_model_actor: float = Field(1.0, gt=0)
     cpus_per_decode_task: float = Field(1.0, gt=0)
+    pushgateway: str | None = Field(None, description="Pushgateway URL for the end-of-run summary")
+    stall_timeout_s: float = Field(900.0, gt=0, description="fail the job when no item finishes for this long")
+
+    @model_validator(mode="after")
+    def _tagging_needs_vocabulary(self) -> PipelineConfig:
+        if self.task == "tag" and not self.tag_vocabulary:
+            raise ValueError("task 'tag' needs a non-empty tag_vocabulary")
+        if self.task != "tag" and (self.tag_vocabulary or self.tag_prompt):
+            raise ValueError("tag_vocabulary and tag_prompt only apply to task 'tag'")
+        return self
+
+    @property
+    def task_prompt(self) -> str | None:
+        """The default question for tagging; None keeps the caption prompts."""
+        if self.task != "tag":
+            return None
+        from pipeline.tags import default_tag_prompt
+
+        return self.tag_prompt or default_tag_prompt(self.tag_vocabulary)

@@ -45,7 +45,7 @@ def _open_video(uri: str, **kwargs):
         source = io.BytesIO(read_bytes(uri))
     try:
         return decord.VideoReader(source, ctx=decord.cpu(0), num_threads=1, **kwargs)
-    except RuntimeError as exc:  # decord reports every demuxer/decoder failure this way
+    except (RuntimeError, decord.DECORDError) as exc:  # how decord reports demuxer/decoder failures
         raise MediaError(f"cannot decode video {uri}: {str(exc).splitlines()[0]}") from exc
 
 

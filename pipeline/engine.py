@@ -8,15 +8,21 @@ batch that fails (out of memory or otherwise) until the single culprit is marked
 from __future__ import annotations
 
 import time
+import uuid
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import torch
+from transformers import LogitsProcessor, LogitsProcessorList
 
 from pipeline.batching import pack_by_tokens
-from pipeline.config import PipelineConfig
+from pipeline.config import PipelineConfig, PruningConfig
+from pipeline.metrics import labels, stage_metrics
 from pipeline.preprocess import load_processor
-from pipeline.schema import FAILED, OK, mark_failed, to_result_table
+from pipeline.progress import report
+from pipeline.schema import OK, mark_failed, to_result_table
+from pipeline.tags import parse_tags
 from pipeline.tensors import unpack
 
 MEDIA_KEYS = {
@@ -35,6 +41,18 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     if name == "auto":
         return torch.bfloat16 if device.type == "cuda" else torch.float32
     return getattr(torch, name)
+
+
+def enable(model, cfg: PruningConfig):
+    """Turn on visual-token pruning in the loaded model, unless the job asks for none."""
+    if cfg.method == "none":
+        return None
+    from iwp_ops import enable_pruning
+
+    return enable_pruning(
+        model, method=cfg.method, keep_ratio=cfg.keep_ratio, layer=cfg.layer,
+        fidelity_target=cfg.fidelity_target, **cfg.options,
+    )
 
 
 def load_model(cfg: PipelineConfig):
@@ -68,14 +86,30 @@ def collate(items: list[dict[str, np.ndarray]], pad_id: int, device: torch.devic
     return batch
 
 
+class _FirstStepClock(LogitsProcessor):
+    """Notes when generation's first step runs, which splits prefill time from decode time."""
+
+    def __init__(self) -> None:
+        self.at: float | None = None
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        if self.at is None:
+            self.at = time.perf_counter()
+        return scores
+
+
 class ModelEngine:
     """Callable class for `map_batches`: one loaded model per actor, reused for every batch."""
 
-    def __init__(self, cfg: PipelineConfig):
+    def __init__(self, cfg: PipelineConfig, board: Any = None):
         self.cfg = cfg
+        self.board = board
+        self.tags = labels(cfg.name, cfg.task, cfg.pruning.method)
+        self.metrics = stage_metrics()
         self.processor = load_processor(cfg.model.path, cfg.model.trust_remote_code)
         self.model = load_model(cfg)
         self.device = self.model.device
+        self.pruning = enable(self.model, cfg.pruning)
         tok = self.processor.tokenizer
         self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
         eos = self.model.generation_config.eos_token_id
@@ -85,8 +119,15 @@ class ModelEngine:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
         rows = _rows(batch)
+        key = uuid.uuid4().hex
+        if self.board is not None:
+            self.board.started.remote(key, "model")
         ready = [r for r in rows if r["status"] == OK]
         inputs = [unpack(r["inputs"]) for r in ready]
+        now = time.time()
+        for r in ready:
+            if r.get("ready_at"):
+                self.metrics.queue_wait.observe(max(0.0, now - r["ready_at"]), tags=self.tags)
         packs = pack_by_tokens(
             [len(x["input_ids"]) for x in inputs],
             self.cfg.batching.max_batch_size,
@@ -96,15 +137,14 @@ class ModelEngine:
             self._run([ready[i] for i in group], [inputs[i] for i in group])
         for r in rows:
             r.update(model=self.cfg.model.path, task=self.cfg.task)
-            if r["status"] == OK and r.get("num_kept_tokens") is None:
-                r["num_kept_tokens"] = r["num_visual_tokens"]
+        report(self.board, "model", len(rows), key)
         return to_result_table(rows)
 
     def _run(self, rows: list[dict], inputs: list[dict[str, np.ndarray]]) -> None:
         """Generate for one model batch; on failure split it so only the culprit fails."""
         started = time.perf_counter()
         try:
-            captions = self._generate(inputs)
+            texts = self._generate(inputs)
         except Exception as exc:  # OOM or a model error: isolate the item that causes it
             if isinstance(exc, torch.OutOfMemoryError) and self.device.type == "cuda":
                 torch.cuda.empty_cache()
@@ -116,16 +156,29 @@ class ModelEngine:
             self._run(rows[half:], inputs[half:])
             return
         elapsed = time.perf_counter() - started
-        for row, caption in zip(rows, captions):
+        self.metrics.stage_latency.observe(elapsed, tags={**self.tags, "stage": "model"})
+        stats = self.pruning.last_stats if self.pruning is not None else []
+        for i, (row, text) in enumerate(zip(rows, texts)):
             row["latency_s"] += elapsed
-            if caption:
-                row["caption"] = caption
+            row["num_kept_tokens"] = stats[i].visual_after if stats else row["num_visual_tokens"]
+            row["weight_fidelity"] = stats[i].fidelity if stats else None
+            self.metrics.visual_tokens.inc(row["num_visual_tokens"], tags={**self.tags, "phase": "before"})
+            self.metrics.visual_tokens.inc(row["num_kept_tokens"], tags={**self.tags, "phase": "after"})
+            if not text:
+                mark_failed(row, "model", ValueError("model produced an empty answer"))
+            elif self.cfg.task == "tag":
+                row["tags"], row["tags_unknown"] = parse_tags(text, self.cfg.tag_vocabulary)
+                row["answer"] = text
             else:
-                mark_failed(row, "model", ValueError("model produced an empty caption"))
+                row["caption"] = text
 
     @torch.inference_mode()
     def _generate(self, inputs: list[dict[str, np.ndarray]]) -> list[str]:
         batch = collate(inputs, self.pad_id, self.device, self.model.dtype)
+        clock = _FirstStepClock()
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        started = time.perf_counter()
         out = self.model.generate(
             **batch,
             max_new_tokens=self.cfg.generation.max_new_tokens,
@@ -133,9 +186,27 @@ class ModelEngine:
             do_sample=False,
             suppress_tokens=self.suppress,
             pad_token_id=self.pad_id,
+            logits_processor=LogitsProcessorList([clock]),
         )
-        texts = self.processor.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
+        finished = time.perf_counter()
+        new = out[:, batch["input_ids"].shape[1]:]
+        self._record(batch, new, started, clock.at or finished, finished)
+        texts = self.processor.batch_decode(new, skip_special_tokens=True)
         return [t.strip() for t in texts]
+
+    def _record(self, batch: dict[str, torch.Tensor], new: torch.Tensor, started: float, first: float, finished: float) -> None:
+        size, width = batch["input_ids"].shape
+        prefill_tokens = int(batch["attention_mask"].sum()) if "attention_mask" in batch else size * width
+        decode_tokens = int((new != self.pad_id).sum())
+        m, tags = self.metrics, self.tags
+        m.batch_size.observe(size, tags=tags)
+        m.batch_tokens.observe(size * width, tags=tags)
+        m.prefill_tokens.inc(prefill_tokens, tags=tags)
+        m.decode_tokens.inc(decode_tokens, tags=tags)
+        m.prefill_tps.set(prefill_tokens / max(first - started, 1e-9), tags=tags)
+        m.decode_tps.set(decode_tokens / max(finished - first, 1e-9), tags=tags)
+        if self.device.type == "cuda":
+            m.gpu_memory.set(torch.cuda.max_memory_allocated(self.device), tags=tags)
 
 
 def _rows(batch: dict[str, np.ndarray]) -> list[dict]:

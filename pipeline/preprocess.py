@@ -44,7 +44,9 @@ def visual_token_count(processor, input_ids: np.ndarray) -> int:
     return int(np.isin(input_ids, ids).sum())
 
 
-def preprocess_row(row: dict, model_path: str, gen: GenerationConfig, trust_remote_code: bool = False) -> dict:
+def preprocess_row(row: dict, model_path: str, gen: GenerationConfig, trust_remote_code: bool = False,
+                   task_prompt: str | None = None) -> dict:
+    """`task_prompt`, when set (tagging), replaces the caption prompts as the default question."""
     row["inputs"] = b""
     if row["status"] == FAILED:
         row["frames"] = b""
@@ -53,7 +55,7 @@ def preprocess_row(row: dict, model_path: str, gen: GenerationConfig, trust_remo
     try:
         processor = load_processor(model_path, trust_remote_code)
         frames = unpack(row["frames"])["frames"]
-        default = gen.video_prompt if row["media_type"] == "video" else gen.prompt
+        default = task_prompt or (gen.video_prompt if row["media_type"] == "video" else gen.prompt)
         prompt = row.get("prompt") if is_present(row.get("prompt")) else default
         inputs = build_inputs(processor, frames, row["media_type"], prompt, row.get("fps") or 0.0)
         row["num_visual_tokens"] = visual_token_count(processor, inputs["input_ids"])

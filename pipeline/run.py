@@ -1,4 +1,4 @@
-"""Build the Ray Data pipeline for one validated config and execute it."""
+"""Build the Ray Data pipeline for one validated config and execute it, resumably."""
 
 from __future__ import annotations
 
@@ -7,49 +7,49 @@ import math
 import os
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import pyarrow as pa
-import pyarrow.fs as pafs
+import pyarrow.compute as pc
 import ray
 
 from pipeline.config import PipelineConfig
 from pipeline.decode import decode_row
 from pipeline.engine import ModelEngine
+from pipeline.fingerprint import new_run_id, run_fingerprint
 from pipeline.manifest import ManifestError, read_manifest
+from pipeline.metrics import labels
 from pipeline.preprocess import preprocess_row
-from pipeline.sink import Summary, results_uri, summarise
-from pipeline.storage import resolve
-
-
-class OutputExistsError(FileExistsError):
-    """The output already holds results; refusing to mix runs silently."""
+from pipeline.progress import ProgressBoard, ProgressDisplay, diagnose, watched
+from pipeline.pushgateway import JobSummary, push_summary
+from pipeline.stages import run_stage
+from pipeline.sink import RESULTS_DIR, Summary, fill_missing, plan_resume, read_results, reconcile, subdir, summarise, write_batch
 
 
 @dataclass(frozen=True)
 class RunReport:
-    summary: Summary
+    run_id: str
+    fingerprint: str
+    this_run: Summary
+    output: Summary
+    skipped: int
     seconds: float
     results: str
 
     @property
     def items_per_s(self) -> float:
-        return self.summary.total / self.seconds if self.seconds > 0 else 0.0
+        return self.this_run.total / self.seconds if self.seconds > 0 else 0.0
 
 
-def ensure_ray() -> None:
+def ensure_ray(metrics_port: int | None = None) -> None:
     """Join the cluster in RAY_ADDRESS if set, else start a private local instance."""
     if ray.is_initialized():
         return
     if os.environ.get("RAY_ADDRESS"):
         ray.init(address=os.environ["RAY_ADDRESS"], logging_level=logging.WARNING)
     else:
-        ray.init(include_dashboard=False, logging_level=logging.WARNING)
-
-
-def check_output(output: str) -> None:
-    fs, path = resolve(results_uri(output))
-    if fs.get_file_info(pafs.FileSelector(path, allow_not_found=True)):
-        raise OutputExistsError(f"output {output!r} already has results; choose a new output directory")
+        ray.init(include_dashboard=False, logging_level=logging.WARNING, _metrics_export_port=metrics_port)
+    ray.data.DataContext.get_current().enable_progress_bars = False
 
 
 def blocks_of(manifest: pa.Table, target_blocks: int = 200, max_rows: int = 64) -> list[pa.Table]:
@@ -58,40 +58,97 @@ def blocks_of(manifest: pa.Table, target_blocks: int = 200, max_rows: int = 64) 
     return [manifest.slice(i, rows) for i in range(0, len(manifest), rows)]
 
 
-def build_dataset(cfg: PipelineConfig, manifest: pa.Table) -> ray.data.Dataset:
+def build_dataset(cfg: PipelineConfig, todo: pa.Table, run_id: str, fingerprint: str, board: Any) -> ray.data.Dataset:
+    tags = labels(cfg.name, cfg.task, cfg.pruning.method)
     # A remote-args function keeps Ray Data from fusing the CPU stages into the model
     # actor, so decoding scales on its own task pool instead of stalling the model.
-    cpu_stage = {"ray_remote_args_fn": lambda: {"num_cpus": cfg.cpus_per_decode_task}}
-    ds = ray.data.from_arrow(blocks_of(manifest))
-    ds = ds.map(decode_row, fn_kwargs={"cfg": cfg.sampling}, **cpu_stage)
-    ds = ds.map(
-        preprocess_row,
-        fn_kwargs={"model_path": cfg.model.path, "gen": cfg.generation, "trust_remote_code": cfg.model.trust_remote_code},
-        **cpu_stage,
-    )
-    return ds.map_batches(
+    cpu_stage = {"ray_remote_args_fn": lambda: {"num_cpus": cfg.cpus_per_decode_task}, "batch_format": "pyarrow",
+                 "batch_size": cfg.batching.rows_per_decode_batch}
+    ds = ray.data.from_arrow(blocks_of(todo))
+    ds = ds.map_batches(run_stage, fn_kwargs={"fn": decode_row, "stage": "decode", "board": board, "tags": tags,
+                                              "cfg": cfg.sampling}, **cpu_stage)
+    ds = ds.map_batches(run_stage, fn_kwargs={"fn": preprocess_row, "stage": "preprocess", "board": board, "tags": tags,
+                                              "model_path": cfg.model.path, "gen": cfg.generation,
+                                              "trust_remote_code": cfg.model.trust_remote_code,
+                                              "task_prompt": cfg.task_prompt}, **cpu_stage)
+    ds = ds.map_batches(
         ModelEngine,
-        fn_constructor_kwargs={"cfg": cfg},
+        fn_constructor_kwargs={"cfg": cfg, "board": board},
         batch_size=cfg.batching.rows_per_call,
         batch_format="numpy",
         concurrency=cfg.model_actors,
         num_cpus=cfg.cpus_per_model_actor,
         num_gpus=cfg.gpus_per_actor,
     )
+    return ds.map_batches(
+        write_batch,
+        fn_kwargs={"output": cfg.output, "run_id": run_id, "fingerprint": fingerprint, "board": board, "tags": tags},
+        batch_size=None,
+        batch_format="pyarrow",
+        num_cpus=0.1,
+    )
 
 
-def run_pipeline(cfg: PipelineConfig) -> RunReport:
-    """Validate the manifest, stream every row to Parquet, and summarise the written output."""
+def job_summary(cfg: PipelineConfig, run: pa.Table, seconds: float) -> JobSummary:
+    ok = run.filter(pc.equal(run["status"], "ok"))
+    fidelity = pc.mean(ok["weight_fidelity"]).as_py() if len(ok) else None
+    return JobSummary(
+        job=cfg.name,
+        succeeded=True,
+        items_ok=len(ok),
+        items_failed=len(run) - len(ok),
+        duration_s=seconds,
+        visual_tokens_before=int(pc.sum(ok["num_visual_tokens"]).as_py() or 0),
+        visual_tokens_after=int(pc.sum(ok["num_kept_tokens"]).as_py() or 0),
+        weight_fidelity_mean=fidelity,
+    )
+
+
+def run_pipeline(cfg: PipelineConfig, *, retry_failed: bool = False, metrics_port: int | None = None,
+                 progress_stream=None) -> RunReport:
+    """Validate, skip ids already done under the same fingerprint, stream the rest to Parquet.
+
+    Pushes a summary to the Pushgateway at the end (success) or on any failure.
+    """
+    started = time.perf_counter()
+    try:
+        return _run(cfg, retry_failed, metrics_port, progress_stream, started)
+    except BaseException:
+        push_summary(cfg.pushgateway, JobSummary(job=cfg.name, succeeded=False, duration_s=time.perf_counter() - started))
+        raise
+
+
+def _run(cfg: PipelineConfig, retry_failed: bool, metrics_port: int | None, progress_stream, started: float) -> RunReport:
     if not os.path.isdir(cfg.model.path):
         raise FileNotFoundError(f"model directory {cfg.model.path!r} does not exist")
     manifest = read_manifest(cfg.input)
     if len(manifest) == 0:
         raise ManifestError(f"manifest {cfg.input!r} has no rows")
-    check_output(cfg.output)
-    ensure_ray()
-    started = time.perf_counter()
-    ds = build_dataset(cfg, manifest)
-    fs, path = resolve(results_uri(cfg.output))
-    ds.write_parquet(path, filesystem=fs)
+    fingerprint, run_id = run_fingerprint(cfg), new_run_id()
+    todo = plan_resume(cfg.output, manifest, fingerprint, retry_failed)
+    if len(todo):
+        ensure_ray(metrics_port)
+        board = ProgressBoard.remote()
+        display = ProgressDisplay(len(todo), stream=progress_stream)
+        batches = build_dataset(cfg, todo, run_id, fingerprint, board).iter_batches(batch_size=None, batch_format="pyarrow")
+        try:
+            for batch in watched(batches, cfg.stall_timeout_s, lambda s: diagnose(board, len(todo), s)):
+                display.update(len(batch))
+        finally:
+            display.close()
+            ray.kill(board)
+    reconcile(cfg.output)
+    fill_missing(cfg.output, manifest, run_id, fingerprint)
     seconds = time.perf_counter() - started
-    return RunReport(summary=summarise(cfg.output), seconds=seconds, results=results_uri(cfg.output))
+    table = read_results(cfg.output)
+    mine = table.filter(pc.equal(table["run_id"], run_id))
+    push_summary(cfg.pushgateway, job_summary(cfg, mine, seconds))
+    return RunReport(
+        run_id=run_id,
+        fingerprint=fingerprint,
+        this_run=summarise(mine),
+        output=summarise(table),
+        skipped=len(manifest) - len(todo),
+        seconds=seconds,
+        results=subdir(cfg.output, RESULTS_DIR),
+    )

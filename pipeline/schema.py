@@ -21,6 +21,8 @@ RESULT_SCHEMA = pa.schema(
         pa.field("status", pa.string(), nullable=False),
         pa.field("caption", pa.string()),
         pa.field("tags", pa.list_(pa.string())),
+        pa.field("tags_unknown", pa.int32()),
+        pa.field("answer", pa.string()),
         pa.field("error_type", pa.string()),
         pa.field("error", pa.string()),
         pa.field("stage", pa.string()),
@@ -29,13 +31,13 @@ RESULT_SCHEMA = pa.schema(
         pa.field("num_frames", pa.int32()),
         pa.field("num_visual_tokens", pa.int32()),
         pa.field("num_kept_tokens", pa.int32()),
+        pa.field("weight_fidelity", pa.float32()),
         pa.field("latency_s", pa.float64()),
+        pa.field("attempt", pa.int32()),
+        pa.field("run_id", pa.string()),
+        pa.field("fingerprint", pa.string()),
     ]
 )
-
-# Columns that carry intermediate payloads between stages and never reach the sink.
-PAYLOAD_COLUMNS = ("frames", "inputs", "fps")
-
 
 def mark_failed(row: dict, stage: str, exc: BaseException) -> dict:
     """Record a per-item failure on the row instead of raising, so the row keeps flowing."""

@@ -1,25 +1,197 @@
-"""Write results to Parquet under the output directory and summarise what was written."""
+"""Persist results so that every manifest id ends up in the output exactly once.
+
+Layout under OUTPUT:
+- `results/part-<hash>.parquet`: finished rows (ok and failed), one file per model batch.
+  The name is a hash of the batch's ids, and a local file appears by an atomic rename, so
+  a retried task rewrites the same file instead of adding a second copy, and a killed
+  writer leaves no half-written file that could be taken as done.
+- `dead_letter/part-<hash>.parquet`: every failed attempt, kept across retries.
+- `quarantine/`: result files that could not be read back (their ids are redone).
+
+The output's own id set is the checkpoint: a rerun reads it, refuses a different run
+fingerprint, and processes only the ids that are missing (plus failed ones when asked).
+`reconcile` runs before and after each run and removes any duplicate row that a retry
+with a different batch composition could leave, keeping the best row per id.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import uuid
+from collections import Counter
 from dataclasses import dataclass
+from typing import Any
 
+import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as pads
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
 
-from pipeline.schema import RESULT_SCHEMA
+from pipeline.metrics import stage_metrics
+from pipeline.progress import report
+from pipeline.schema import FAILED, OK, RESULT_SCHEMA
 from pipeline.storage import resolve
 
-RESULTS_DIR = "results"
+RESULTS_DIR, DEAD_LETTER_DIR, QUARANTINE_DIR = "results", "dead_letter", "quarantine"
+PROGRESS_COLUMNS = ("id", "status", "error_type", "stage", "media_type", "num_frames", "num_visual_tokens",
+                    "num_kept_tokens", "weight_fidelity", "latency_s")
 
 
-def results_uri(output: str) -> str:
-    return output.rstrip("/") + "/" + RESULTS_DIR
+class FingerprintMismatchError(ValueError):
+    """The output holds results of a differently configured run."""
 
 
-def read_results(output: str):
-    fs, path = resolve(results_uri(output))
-    return pads.dataset(path, filesystem=fs, format="parquet", schema=RESULT_SCHEMA).to_table()
+def subdir(output: str, name: str) -> str:
+    return output.rstrip("/") + "/" + name
+
+
+def _atomic_write(table: pa.Table, uri: str) -> None:
+    fs, path = resolve(uri)
+    parent = path.rsplit("/", 1)[0]
+    fs.create_dir(parent, recursive=True)
+    if isinstance(fs, pafs.LocalFileSystem):
+        tmp = f"{parent}/.tmp-{uuid.uuid4().hex}"
+        try:
+            pq.write_table(table, tmp, filesystem=fs)
+            fs.move(tmp, path)
+        except BaseException:
+            if fs.get_file_info(tmp).type != pafs.FileType.NotFound:
+                fs.delete_file(tmp)
+            raise
+    else:  # an object-store PUT is atomic: the object appears whole or not at all
+        pq.write_table(table, path, filesystem=fs)
+
+
+def write_batch(table: pa.Table, output: str, run_id: str, fingerprint: str, board: Any = None,
+                tags: dict[str, str] | None = None) -> pa.Table:
+    """Ray Data UDF: persist one batch of finished rows; return a small progress table."""
+    table = table.cast(RESULT_SCHEMA)
+    for name, value in (("run_id", run_id), ("fingerprint", fingerprint)):
+        table = table.set_column(table.schema.get_field_index(name), name, pa.array([value] * len(table), pa.string()))
+    digest = hashlib.sha1("\n".join(sorted(table["id"].to_pylist())).encode()).hexdigest()[:20]
+    _atomic_write(table, f"{subdir(output, RESULTS_DIR)}/part-{digest}.parquet")
+    failed = table.filter(pc.equal(table["status"], FAILED))
+    if len(failed):
+        _atomic_write(failed, f"{subdir(output, DEAD_LETTER_DIR)}/part-{run_id}-{digest}.parquet")
+    if tags is not None:
+        metrics = stage_metrics()
+        metrics.items_processed.inc(len(table), tags=tags)
+        for (error_type, stage), count in Counter(zip(failed["error_type"].to_pylist(), failed["stage"].to_pylist())).items():
+            metrics.items_failed.inc(count, tags={**tags, "error_type": error_type or "unknown", "stage": stage or "unknown"})
+    report(board, "write", len(table))
+    return table.select(list(PROGRESS_COLUMNS))
+
+
+def _files(output: str, name: str) -> tuple[pafs.FileSystem, list[str]]:
+    fs, path = resolve(subdir(output, name))
+    infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
+    return fs, sorted(i.path for i in infos if i.is_file and i.base_name.startswith("part-") and i.path.endswith(".parquet"))
+
+
+def _quarantine(fs: pafs.FileSystem, path: str, output: str) -> None:
+    _, target = resolve(subdir(output, QUARANTINE_DIR))
+    fs.create_dir(target, recursive=True)
+    fs.move(path, f"{target}/{path.rsplit('/', 1)[1]}")
+
+
+def read_results(output: str, columns: list[str] | None = None, *, with_files: bool = False) -> pa.Table:
+    """All result rows; unreadable files are moved to quarantine so their ids get redone."""
+    fs, paths = _files(output, RESULTS_DIR)
+    names = columns or RESULT_SCHEMA.names
+    tables = []
+    for path in paths:
+        try:
+            t = pq.read_table(path, filesystem=fs, schema=RESULT_SCHEMA, columns=names)
+        except (pa.ArrowInvalid, OSError):
+            _quarantine(fs, path, output)
+            continue
+        if with_files:
+            t = t.append_column("_file", pa.array([path] * len(t), pa.string()))
+        tables.append(t)
+    schema = pa.schema([RESULT_SCHEMA.field(n) for n in names])
+    if with_files:
+        schema = schema.append(pa.field("_file", pa.string()))
+    return pa.concat_tables(tables) if tables else schema.empty_table()
+
+
+def read_dead_letter(output: str) -> pa.Table:
+    fs, paths = _files(output, DEAD_LETTER_DIR)
+    tables = [pq.read_table(p, filesystem=fs, schema=RESULT_SCHEMA) for p in paths]
+    return pa.concat_tables(tables) if tables else RESULT_SCHEMA.empty_table()
+
+
+def _drop_rows(output: str, drop: dict[str, set[int]]) -> None:
+    """Rewrite result files without the given row positions (file -> positions)."""
+    fs, _ = resolve(subdir(output, RESULTS_DIR))
+    for path, positions in drop.items():
+        table = pq.read_table(path, filesystem=fs, schema=RESULT_SCHEMA)
+        keep = [i for i in range(len(table)) if i not in positions]
+        if keep:
+            _atomic_write(table.take(keep), path)
+        else:
+            fs.delete_file(path)
+
+
+def reconcile(output: str) -> int:
+    """Keep one row per id (ok over failed, then the highest attempt); return rows removed."""
+    table = read_results(output, ["id", "status", "attempt"], with_files=True)
+    counts = Counter(table["id"].to_pylist())
+    if not counts or max(counts.values()) == 1:
+        return 0
+    best: dict[str, tuple[tuple[int, int], str, int]] = {}
+    positions: dict[str, int] = Counter()
+    rows = []
+    for row in table.to_pylist():
+        pos = positions[row["_file"]]
+        positions[row["_file"]] += 1
+        rows.append((row, pos))
+        if counts[row["id"]] > 1:
+            rank = (row["status"] == OK, row["attempt"] or 0)
+            if row["id"] not in best or rank > best[row["id"]][0]:
+                best[row["id"]] = (rank, row["_file"], pos)
+    drop: dict[str, set[int]] = {}
+    for row, pos in rows:
+        if row["id"] in best and best[row["id"]][1:] != (row["_file"], pos):
+            drop.setdefault(row["_file"], set()).add(pos)
+    _drop_rows(output, drop)
+    return sum(len(v) for v in drop.values())
+
+
+def plan_resume(output: str, manifest: pa.Table, fingerprint: str, retry_failed: bool) -> pa.Table:
+    """Manifest rows still to do, each with its `attempt` number."""
+    reconcile(output)
+    done = read_results(output, ["id", "status", "fingerprint", "attempt"], with_files=True)
+    other = set(done["fingerprint"].to_pylist()) - {fingerprint, None}
+    if other:
+        raise FingerprintMismatchError(
+            f"output {output!r} holds results of a run with a different configuration (fingerprint "
+            f"{sorted(other)[0]}, this run {fingerprint}); write to a new --output instead of mixing them"
+        )
+    failed = done.filter(pc.equal(done["status"], FAILED))
+    keep_done = done if not retry_failed else done.filter(pc.equal(done["status"], OK))
+    if retry_failed and len(failed):
+        drop: dict[str, set[int]] = {}
+        for path in set(failed["_file"].to_pylist()):
+            statuses = done.filter(pc.equal(done["_file"], path))["status"].to_pylist()
+            drop[path] = {i for i, s in enumerate(statuses) if s == FAILED}
+        _drop_rows(output, drop)
+    todo = manifest.filter(pc.invert(pc.is_in(manifest["id"], value_set=keep_done["id"])))
+    previous = dict(zip(failed["id"].to_pylist(), failed["attempt"].to_pylist()))
+    attempts = [int(previous.get(i) or 0) + 1 for i in todo["id"].to_pylist()]
+    return todo.append_column("attempt", pa.array(attempts, pa.int32()))
+
+
+def fill_missing(output: str, manifest: pa.Table, run_id: str, fingerprint: str) -> int:
+    """After a finished run, record any manifest id without a row as failed, never silently missing."""
+    present = read_results(output, ["id"])["id"]
+    lost = manifest.filter(pc.invert(pc.is_in(manifest["id"], value_set=present)))
+    if not len(lost):
+        return 0
+    rows = [{"id": r["id"], "uri": r["uri"], "media_type": r["media_type"], "status": FAILED, "stage": "pipeline",
+             "error_type": "LostItem", "error": "the pipeline finished without a result for this id", "attempt": 1}
+            for r in lost.to_pylist()]
+    write_batch(pa.Table.from_pylist(rows, schema=RESULT_SCHEMA), output, run_id, fingerprint)
+    return len(rows)
 
 
 @dataclass(frozen=True)
@@ -30,11 +202,7 @@ class Summary:
     errors: dict[str, int]
 
 
-def summarise(output: str) -> Summary:
-    table = read_results(output)
-    ok = pc.sum(pc.equal(table["status"], "ok")).as_py() or 0
-    failed_types = table.filter(pc.equal(table["status"], "failed"))["error_type"].to_pylist()
-    errors: dict[str, int] = {}
-    for name in failed_types:
-        errors[name] = errors.get(name, 0) + 1
-    return Summary(total=len(table), ok=ok, failed=len(table) - ok, errors=errors)
+def summarise(table: pa.Table) -> Summary:
+    ok = int(pc.sum(pc.equal(table["status"], OK)).as_py() or 0)
+    errors = Counter(table.filter(pc.equal(table["status"], FAILED))["error_type"].to_pylist())
+    return Summary(total=len(table), ok=ok, failed=len(table) - ok, errors=dict(errors))

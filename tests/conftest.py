@@ -3,6 +3,14 @@
 from __future__ import annotations
 
 import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -48,3 +56,53 @@ def ray_local():
     ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING)
     yield ray
     ray.shutdown()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def unused_port():
+    """A function returning a loopback TCP port that is free right now."""
+    return free_port
+
+
+@pytest.fixture()
+def ray_cluster():
+    """Start a real multi-node Ray cluster on this machine with `ray start` (loopback, token auth).
+
+    Returns a function `start(nodes=2, metrics_port=None) -> (address, env)`; everything it
+    started is stopped at teardown. Each node gets one CPU.
+    """
+    procs, dirs = [], []
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env.update(RAY_AUTH_MODE="token", RAY_metrics_report_interval_ms="500")
+    ray_bin = str(Path(sys.executable).with_name("ray"))
+
+    def start(nodes: int = 2, metrics_port: int | None = None) -> tuple[str, dict[str, str]]:
+        port = free_port()
+        temp_dir = tempfile.mkdtemp(prefix="ray-", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
+        dirs.append(temp_dir)
+        common = ["--node-ip-address=127.0.0.1", "--num-cpus=1", "--block"]
+        head = [ray_bin, "start", "--head", f"--port={port}", "--include-dashboard=false", f"--temp-dir={temp_dir}"]
+        if metrics_port:
+            head.append(f"--metrics-export-port={metrics_port}")
+        procs.append(subprocess.Popen(head + common, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                      start_new_session=True))
+        time.sleep(8)
+        for _ in range(nodes - 1):
+            procs.append(subprocess.Popen([ray_bin, "start", f"--address=127.0.0.1:{port}", *common], env=env,
+                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True))
+        time.sleep(6 if nodes > 1 else 0)
+        return f"127.0.0.1:{port}", {**env, "RAY_ADDRESS": f"127.0.0.1:{port}"}
+
+    yield start
+    for proc in reversed(procs):
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=60)
+    for d in dirs:
+        shutil.rmtree(d, ignore_errors=True)

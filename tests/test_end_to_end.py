@@ -8,11 +8,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.config import ModelConfig, PipelineConfig, SamplingConfig
+from pipeline.config import ModelConfig, PipelineConfig, PruningConfig, SamplingConfig
 from pipeline.manifest import ManifestError
-from pipeline.run import OutputExistsError, run_pipeline
+from pipeline.run import run_pipeline
 from pipeline.schema import RESULT_SCHEMA
-from pipeline.sink import read_results
+from pipeline.sink import FingerprintMismatchError, read_dead_letter, read_results
 
 
 def write_manifest(path, rows):
@@ -50,7 +50,8 @@ def test_every_id_exactly_once(mixed_run):
     ids = table["id"].to_pylist()
     assert sorted(ids) == sorted(["v1", "v2", "img", "img-again", "empty", "corrupt", "missing", "bad-window"])
     assert len(ids) == len(set(ids))
-    assert (report.summary.total, report.summary.ok, report.summary.failed) == (8, 4, 4)
+    assert (report.this_run.total, report.this_run.ok, report.this_run.failed) == (8, 4, 4)
+    assert report.skipped == 0 and report.output == report.this_run
 
 
 def test_ok_rows_have_captions_and_token_counts(mixed_run):
@@ -61,7 +62,9 @@ def test_ok_rows_have_captions_and_token_counts(mixed_run):
         assert r["caption"] and r["caption"].strip()
         assert r["error"] is None and r["error_type"] is None
         assert r["model"] == cfg.model.path and r["task"] == "caption"
-        assert r["num_visual_tokens"] > 0 and r["num_kept_tokens"] == r["num_visual_tokens"]
+        assert r["num_visual_tokens"] > 0
+        assert r["num_kept_tokens"] == max(1, round(0.222 * r["num_visual_tokens"]))
+        assert 0.0 < r["weight_fidelity"] <= 1.0 + 1e-6
         assert r["latency_s"] > 0
     by_id = {r["id"]: r for r in ok}
     assert by_id["v1"]["num_frames"] == 4 and by_id["img"]["num_frames"] == 1
@@ -79,10 +82,81 @@ def test_failed_rows_say_why(mixed_run):
     assert all(r["stage"] == "decode" and r["caption"] is None for r in failed.values())
 
 
-def test_rerun_into_same_output_is_refused(mixed_run):
+def test_no_pruning_keeps_every_visual_token(tmp_path, media, tiny_model_dir, ray_local):
+    cfg = PipelineConfig(
+        input=write_manifest(tmp_path / "m.parquet", [{"id": "v", "uri": str(media["video"])}]),
+        output=str(tmp_path / "out"),
+        model=ModelConfig(path=str(tiny_model_dir)),
+        sampling=SamplingConfig(num_frames=4),
+        pruning=PruningConfig(method="none"),
+    )
+    run_pipeline(cfg)
+    (row,) = read_results(cfg.output).to_pylist()
+    assert row["status"] == "ok"
+    assert row["num_kept_tokens"] == row["num_visual_tokens"] == 128 and row["weight_fidelity"] is None
+
+
+def test_tagging_keeps_only_vocabulary_words(tmp_path, media, tiny_model_dir, ray_local):
+    vocabulary = ("red", "green", "blue", "circle", "square", "two", "moving", "you", "the", "a")
+    cfg = PipelineConfig(
+        input=write_manifest(tmp_path / "m.parquet", [{"id": "v", "uri": str(media["video"])},
+                                                       {"id": "i", "uri": str(media["image"])}]),
+        output=str(tmp_path / "out"),
+        model=ModelConfig(path=str(tiny_model_dir)),
+        task="tag",
+        tag_vocabulary=vocabulary,
+    )
+    run_pipeline(cfg)
+    rows = read_results(cfg.output).to_pylist()
+    assert len(rows) == 2
+    for row in rows:
+        assert row["status"] == "ok" and row["task"] == "tag" and row["caption"] is None
+        assert row["answer"] and set(row["tags"]) <= set(vocabulary)
+        assert row["tags_unknown"] >= 0
+        assert len(row["tags"]) == len(set(row["tags"]))
+
+
+def test_tag_task_needs_a_vocabulary(tiny_model_dir):
+    with pytest.raises(ValueError, match="needs a non-empty tag_vocabulary"):
+        PipelineConfig(input="m", output="o", model=ModelConfig(path=str(tiny_model_dir)), task="tag")
+
+
+def test_unknown_pruning_method_is_refused():
+    with pytest.raises(ValueError, match="unknown pruning method 'fast'"):
+        PruningConfig(method="fast")
+
+
+def test_rerun_resumes_and_retries_failed_only_when_asked(mixed_run):
+    cfg, first, table = mixed_run
+    again = run_pipeline(cfg)
+    assert again.skipped == 8 and again.this_run.total == 0
+    assert read_results(cfg.output).sort_by("id").equals(table.sort_by("id"))
+    retried = run_pipeline(cfg, retry_failed=True)
+    assert retried.skipped == 4 and retried.this_run.total == 4 and retried.this_run.failed == 4
+    after = read_results(cfg.output)
+    assert sorted(after["id"].to_pylist()) == sorted(table["id"].to_pylist())
+    attempts = {r["id"]: r["attempt"] for r in after.to_pylist()}
+    assert attempts["corrupt"] == 2 and attempts["v1"] == 1
+    dead = read_dead_letter(cfg.output)
+    assert sorted(dead.filter(pa.compute.equal(dead["id"], "corrupt"))["attempt"].to_pylist()) == [1, 2]
+    assert set(dead["run_id"].to_pylist()) == {first.run_id, retried.run_id}
+
+
+def test_resume_does_only_missing_ids(mixed_run, tmp_path):
+    cfg, _, table = mixed_run
+    partial = cfg.model_copy(update={"output": str(tmp_path / "out")})
+    run_pipeline(partial.model_copy(update={"input": write_manifest(tmp_path / "first.parquet", [
+        {"id": "v1", "uri": table.filter(pa.compute.equal(table["id"], "v1"))["uri"][0].as_py()}])}))
+    report = run_pipeline(partial)
+    assert report.skipped == 1 and report.this_run.total == 7
+    assert sorted(read_results(partial.output)["id"].to_pylist()) == sorted(table["id"].to_pylist())
+
+
+def test_different_configuration_is_not_mixed_in(mixed_run):
     cfg, _, _ = mixed_run
-    with pytest.raises(OutputExistsError, match="already has results"):
-        run_pipeline(cfg)
+    changed = cfg.model_copy(update={"pruning": PruningConfig(keep_ratio=0.5)})
+    with pytest.raises(FingerprintMismatchError, match="different configuration"):
+        run_pipeline(changed)
 
 
 def test_bad_manifest_is_refused_before_work(tmp_path, tiny_model_dir):
@@ -113,6 +187,6 @@ def test_cli_run_on_a_local_model(tmp_path, media, tiny_model_dir):
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     r = cli("run", "--input", manifest, "--output", str(tmp_path / "o"), "--model", str(tiny_model_dir), "--num-frames", "2", env=env)
     assert r.returncode == 0, r.stderr[-3000:]
-    assert "items: 2 (1 ok, 1 failed)" in r.stdout
+    assert "items: 2 (1 ok, 1 failed); 0 already done" in r.stdout
     table = read_results(str(tmp_path / "o"))
     assert sorted(table["id"].to_pylist()) == ["a", "b"]

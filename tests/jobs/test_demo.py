@@ -14,7 +14,7 @@ def test_demo_builds_default_model_and_reports(tmp_path):
     )
     assert r.returncode == 0, r.stderr[-3000:]
     assert "RANDOM weights" in r.stdout
-    assert "items: 7 (6 ok, 1 failed)" in r.stdout
+    assert "items: 7 (6 ok, 1 failed); 0 already done" in r.stdout
     assert (tmp_path / "cache" / "models" / "tiny-random-qwen2_5_vl-v1" / "model.safetensors").exists()
     table = read_results(str(tmp_path / "demo" / "output"))
     assert sorted(table["id"].to_pylist()) == sorted(

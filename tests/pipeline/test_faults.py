@@ -1,0 +1,121 @@
+"""Faults on a real Ray cluster: a second node, a killed model actor, a killed driver."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline.config import GenerationConfig, ModelConfig, PipelineConfig
+from pipeline.run import run_pipeline
+from pipeline.sink import read_results
+from reference.media import write_image
+
+
+def image_manifest(root: Path, count: int) -> str:
+    media = root / "media"
+    media.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i in range(count):
+        path = media / f"img{i}.png"
+        write_image(path, seed=1000 + i, size=(112, 112), count=2)
+        rows.append({"id": f"img-{i:03d}", "uri": str(path)})
+    path = root / "manifest.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), path)
+    return str(path)
+
+
+def wait_for(predicate, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out waiting for {what}")
+        time.sleep(0.2)
+
+
+def result_files(output: Path) -> list[Path]:
+    return list((output / "results").glob("part-*.parquet"))
+
+
+def assert_exactly_once(output: Path, count: int) -> pa.Table:
+    table = read_results(str(output))
+    ids = table["id"].to_pylist()
+    assert len(ids) == len(set(ids)) == count
+    return table
+
+
+def cli_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env.update(extra)
+    return env
+
+
+@pytest.fixture()
+def two_node_cluster(ray_cluster):
+    return ray_cluster(nodes=2)
+
+
+def test_job_on_a_two_node_cluster_through_ray_address(two_node_cluster, tmp_path, tiny_model_dir):
+    address, env = two_node_cluster
+    manifest = image_manifest(tmp_path, 6)
+    status = subprocess.run([sys.executable, "-c", "import ray; ray.init(); print(sum(n['Alive'] for n in ray.nodes()))"],
+                            env=env, capture_output=True, text=True, timeout=120)
+    assert status.stdout.strip().splitlines()[-1] == "2", status.stderr[-2000:]
+    r = subprocess.run([sys.executable, "-m", "jobs.cli", "run", "--input", manifest, "--output", str(tmp_path / "out"),
+                        "--model", str(tiny_model_dir), "--max-new-tokens", "4"],
+                       env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "items: 6 (6 ok, 0 failed)" in r.stdout
+    assert_exactly_once(tmp_path / "out", 6)
+
+
+def test_killed_model_actor_is_restarted_and_its_items_redone(tmp_path, tiny_model_dir, ray_local):
+    import psutil
+
+    count = 48
+    cfg = PipelineConfig(input=image_manifest(tmp_path, count), output=str(tmp_path / "out"),
+                         model=ModelConfig(path=str(tiny_model_dir)), generation=GenerationConfig(max_new_tokens=24))
+    outcome: dict[str, object] = {}
+    runner = threading.Thread(target=lambda: outcome.update(report=run_pipeline(cfg)), daemon=True)
+    runner.start()
+    wait_for(lambda: result_files(tmp_path / "out"), 300, "the first result file")
+    # Ray titles actor processes "ray::MapWorker(MapBatches(ModelEngine))...".
+    victims = [p for p in psutil.process_iter(["cmdline"]) if "ModelEngine" in " ".join(p.info["cmdline"] or [])]
+    assert victims, "no live model actor process found"
+    for proc in victims:
+        proc.kill()
+    runner.join(timeout=600)
+    assert "report" in outcome, "the run did not finish after its actor was killed"
+    table = assert_exactly_once(tmp_path / "out", count)
+    assert set(table["status"].to_pylist()) == {"ok"}
+    assert outcome["report"].this_run.ok == count
+
+
+def test_killed_driver_rerun_resumes_without_loss_or_duplicates(tmp_path, tiny_model_dir):
+    count = 48
+    manifest, output = image_manifest(tmp_path, count), tmp_path / "out"
+    cmd = [sys.executable, "-m", "jobs.cli", "run", "--input", manifest, "--output", str(output),
+           "--model", str(tiny_model_dir), "--max-new-tokens", "24"]
+    first = subprocess.Popen(cmd, env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        wait_for(lambda: result_files(output) or first.poll() is not None, 300, "the first result file")
+        assert first.poll() is None, "the first run finished before it could be killed"
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait(timeout=60)
+    done_before = len(read_results(str(output)))
+    assert 0 < done_before < count
+    second = subprocess.run(cmd, env=cli_env(), capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert f"{done_before} already done, skipped" in second.stdout
+    table = assert_exactly_once(output, count)
+    assert set(table["status"].to_pylist()) == {"ok"}
+    assert not list((output / "results").glob(".tmp-*"))
