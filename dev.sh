@@ -24,11 +24,20 @@ setup() {
   touch "$STAMP"
 }
 
+# The tests start real Prometheus and Pushgateway servers on loopback (Debian packages).
+services() {
+  command -v prometheus >/dev/null && command -v prometheus-pushgateway >/dev/null && return 0
+  echo "installing prometheus and prometheus-pushgateway (apt)" >&2
+  local sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends prometheus prometheus-pushgateway >/dev/null
+}
+
 cmd=${1:-}
 shift || true
 case "$cmd" in
   demo) setup; exec "$VENV/bin/iwp-annotate" demo "$@" ;;
-  test) setup; exec "$VENV/bin/python" -m pytest "$@" ;;
+  test) setup; services; exec "$VENV/bin/python" -m pytest "$@" ;;
   setup) setup ;;
   *) echo "usage: ./dev.sh demo | test [pytest args] | setup" >&2; exit 2 ;;
 esac

@@ -12,7 +12,7 @@ from pipeline.config import BatchingConfig, GenerationConfig, ModelConfig, Pipel
 
 # Flags that describe the job; in the spec form the spec holds them instead.
 CONFIG_FLAGS = ("input", "output", "name", "task", "tag_vocabulary", "model", "device", "dtype", "num_frames",
-                "max_side", "max_new_tokens", "prune", "keep_ratio", "prune_layer", "fidelity_target",
+                "fps", "max_side", "max_new_tokens", "prune", "keep_ratio", "prune_layer", "fidelity_target",
                 "max_batch_size", "max_batch_tokens", "model_actors", "gpus_per_actor", "pushgateway", "stall_timeout")
 
 
@@ -37,7 +37,7 @@ def config_from_flags(args: argparse.Namespace) -> PipelineConfig:
         model=ModelConfig(path=resolve_model(args.model), device=_given(args, "device", "auto"),
                           dtype=_given(args, "dtype", "auto")),
         sampling=SamplingConfig(num_frames=_given(args, "num_frames", SamplingConfig().num_frames),
-                                max_side=_given(args, "max_side", SamplingConfig().max_side)),
+                                max_side=_given(args, "max_side", SamplingConfig().max_side), fps=args.fps),
         generation=GenerationConfig(max_new_tokens=_given(args, "max_new_tokens", GenerationConfig().max_new_tokens)),
         pruning=PruningConfig(method=_given(args, "prune", pruning.method), keep_ratio=_given(args, "keep_ratio", pruning.keep_ratio),
                               layer=_given(args, "prune_layer", pruning.layer), fidelity_target=args.fidelity_target),
@@ -79,6 +79,7 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", help="auto (default), cpu, cuda or cuda:N")
     p.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"])
     p.add_argument("--num-frames", type=int, help="frames sampled uniformly per video (default 8)")
+    p.add_argument("--fps", type=float, help="sample frames at this rate (capped by --num-frames) instead of by count")
     p.add_argument("--max-side", type=int, help="longest frame side after decode (default 448)")
     p.add_argument("--max-new-tokens", type=int, help="default 32")
     p.add_argument("--prune", help="visual-token pruning method, or 'none' (default: iwp)")
@@ -133,6 +134,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from jobs.spec import SpecError
     from jobs.submit import SUBMIT_COMMANDS, run_submit_command
+    from pipeline.lock import OutputLockedError
     from pipeline.manifest import ManifestError
     from pipeline.progress import StallError
     from pipeline.run import run_pipeline
@@ -149,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = config_from_spec(args) if args.spec else config_from_flags(args)
         print_report(run_pipeline(cfg, retry_failed=args.retry_failed, metrics_port=args.metrics_port))
         return 0
-    except (UsageError, SpecError, ManifestError, FileNotFoundError, FingerprintMismatchError) as exc:
+    except (UsageError, SpecError, ManifestError, FileNotFoundError, FingerprintMismatchError, OutputLockedError) as exc:
         print(f"iwp-annotate: error: {exc}", file=sys.stderr)
         return 2
     except ValidationError as exc:

@@ -14,7 +14,8 @@ class _Strict(BaseModel):
 class SamplingConfig(_Strict):
     """How frames are taken from media before the processor sees them."""
 
-    num_frames: int = Field(8, ge=1, le=512, description="frames sampled uniformly per video clip")
+    num_frames: int = Field(8, ge=1, le=512, description="frames sampled uniformly per video clip (the cap when fps is set)")
+    fps: float | None = Field(None, gt=0, le=120, description="sample at this rate instead (at most num_frames frames)")
     max_side: int = Field(448, ge=28, le=4096, description="longest side after decode, pixels")
     max_image_pixels: int = Field(
         100_000_000, ge=1, description="images above this many pixels are refused as failed rows"

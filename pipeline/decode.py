@@ -49,8 +49,13 @@ def _open_video(uri: str, **kwargs):
         raise MediaError(f"cannot decode video {uri}: {str(exc).splitlines()[0]}") from exc
 
 
-def sample_indices(num_total: int, fps: float, num_frames: int, start_s: float | None, end_s: float | None) -> np.ndarray:
-    """Uniformly spaced frame indices inside the clip window [start_s, end_s)."""
+def sample_indices(num_total: int, fps: float, num_frames: int, start_s: float | None, end_s: float | None,
+                   sample_fps: float | None = None) -> np.ndarray:
+    """Uniformly spaced frame indices inside the clip window [start_s, end_s).
+
+    By count (`num_frames`), or by rate (`sample_fps` frames per second of video, capped at
+    `num_frames`); decord then seeks to just these frames instead of decoding the whole file.
+    """
     duration = num_total / fps if fps > 0 else float(num_total)
     start = 0.0 if start_s is None else float(start_s)
     end = duration if end_s is None else min(float(end_s), duration)
@@ -58,7 +63,8 @@ def sample_indices(num_total: int, fps: float, num_frames: int, start_s: float |
         raise MediaError(f"clip window [{start_s}, {end_s}] is outside the video's 0..{duration:.3f}s")
     first = int(start * fps) if fps > 0 else 0
     last = max(first, min(num_total - 1, int(np.ceil(end * fps)) - 1 if fps > 0 else num_total - 1))
-    count = min(num_frames, last - first + 1)
+    wanted = num_frames if sample_fps is None else max(1, min(num_frames, int((end - start) * sample_fps)))
+    count = min(wanted, last - first + 1)
     return np.linspace(first, last, count).round().astype(np.int64)
 
 
@@ -68,7 +74,7 @@ def decode_video(uri: str, cfg: SamplingConfig, start_s: float | None, end_s: fl
         raise MediaError(f"video has no frames: {uri}")
     height, width = probe[0].shape[:2]
     fps = float(probe.get_avg_fps())
-    indices = sample_indices(len(probe), fps, cfg.num_frames, start_s, end_s)
+    indices = sample_indices(len(probe), fps, cfg.num_frames, start_s, end_s, cfg.fps)
     if max(height, width) > cfg.max_side:
         h, w = _scaled(height, width, cfg.max_side)
         probe = _open_video(uri, width=w, height=h)
@@ -96,10 +102,12 @@ def decode_image(uri: str, cfg: SamplingConfig) -> np.ndarray:
 
 def decode_row(row: dict, cfg: SamplingConfig) -> dict:
     """Decode one manifest row; failures become fields on the row."""
-    row.setdefault("status", OK)
+    for name in RESULT_SCHEMA.names:  # every row carries every field, so batches share one schema
+        row.setdefault(name, None)
     for key in ("start_s", "end_s", "media_type"):
         row[key] = row.get(key) if is_present(row.get(key)) else None
-    row.setdefault("latency_s", 0.0)
+    row["status"] = row["status"] or OK
+    row["latency_s"] = row["latency_s"] or 0.0
     row["frames"], row["fps"] = b"", 0.0
     if row["status"] == FAILED:
         return row

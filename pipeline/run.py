@@ -20,7 +20,9 @@ from pipeline.fingerprint import new_run_id, run_fingerprint
 from pipeline.manifest import ManifestError, read_manifest
 from pipeline.metrics import labels
 from pipeline.preprocess import preprocess_row
-from pipeline.progress import ProgressBoard, ProgressDisplay, diagnose, watched
+from pipeline.lock import output_lock
+from pipeline.progress import ProgressBoard, ProgressDisplay, StallError, diagnose, watched
+from pipeline.runlog import RunRecord, write_record
 from pipeline.pushgateway import JobSummary, push_summary
 from pipeline.stages import run_stage
 from pipeline.sink import RESULTS_DIR, Summary, fill_missing, plan_resume, read_results, reconcile, subdir, summarise, write_batch
@@ -58,7 +60,8 @@ def blocks_of(manifest: pa.Table, target_blocks: int = 200, max_rows: int = 64) 
     return [manifest.slice(i, rows) for i in range(0, len(manifest), rows)]
 
 
-def build_dataset(cfg: PipelineConfig, todo: pa.Table, run_id: str, fingerprint: str, board: Any) -> ray.data.Dataset:
+def build_dataset(cfg: PipelineConfig, todo: pa.Table, run_id: str, fingerprint: str, partition: str,
+                  board: Any) -> ray.data.Dataset:
     tags = labels(cfg.name, cfg.task, cfg.pruning.method)
     # A remote-args function keeps Ray Data from fusing the CPU stages into the model
     # actor, so decoding scales on its own task pool instead of stalling the model.
@@ -82,11 +85,26 @@ def build_dataset(cfg: PipelineConfig, todo: pa.Table, run_id: str, fingerprint:
     )
     return ds.map_batches(
         write_batch,
-        fn_kwargs={"output": cfg.output, "run_id": run_id, "fingerprint": fingerprint, "board": board, "tags": tags},
+        fn_kwargs={"output": cfg.output, "run_id": run_id, "fingerprint": fingerprint, "partition": partition,
+                   "board": board, "tags": tags},
         batch_size=None,
         batch_format="pyarrow",
         num_cpus=0.1,
     )
+
+
+def _execute(cfg: PipelineConfig, todo: pa.Table, run_id: str, fingerprint: str, partition: str,
+             metrics_port: int | None, progress_stream) -> None:
+    ensure_ray(metrics_port)
+    board = ProgressBoard.remote()
+    display = ProgressDisplay(len(todo), stream=progress_stream)
+    batches = build_dataset(cfg, todo, run_id, fingerprint, partition, board).iter_batches(batch_size=None, batch_format="pyarrow")
+    try:
+        for batch in watched(batches, cfg.stall_timeout_s, lambda s: diagnose(board, len(todo), s)):
+            display.update(len(batch))
+    finally:
+        display.close()
+        ray.kill(board)
 
 
 def job_summary(cfg: PipelineConfig, run: pa.Table, seconds: float) -> JobSummary:
@@ -125,28 +143,32 @@ def _run(cfg: PipelineConfig, retry_failed: bool, metrics_port: int | None, prog
     if len(manifest) == 0:
         raise ManifestError(f"manifest {cfg.input!r} has no rows")
     fingerprint, run_id = run_fingerprint(cfg), new_run_id()
-    todo = plan_resume(cfg.output, manifest, fingerprint, retry_failed)
-    if len(todo):
-        ensure_ray(metrics_port)
-        board = ProgressBoard.remote()
-        display = ProgressDisplay(len(todo), stream=progress_stream)
-        batches = build_dataset(cfg, todo, run_id, fingerprint, board).iter_batches(batch_size=None, batch_format="pyarrow")
+    partition = "date=" + time.strftime("%Y-%m-%d", time.gmtime())
+    with output_lock(cfg.output, run_id):
+        record = RunRecord(run_id=run_id, fingerprint=fingerprint, input=cfg.input, partition=partition)
         try:
-            for batch in watched(batches, cfg.stall_timeout_s, lambda s: diagnose(board, len(todo), s)):
-                display.update(len(batch))
-        finally:
-            display.close()
-            ray.kill(board)
-    reconcile(cfg.output)
-    fill_missing(cfg.output, manifest, run_id, fingerprint)
-    seconds = time.perf_counter() - started
-    table = read_results(cfg.output)
-    mine = table.filter(pc.equal(table["run_id"], run_id))
+            todo = plan_resume(cfg.output, manifest, fingerprint, retry_failed)
+            record.todo, record.skipped = len(todo), len(manifest) - len(todo)
+            write_record(cfg.output, record)
+            if len(todo):
+                _execute(cfg, todo, run_id, fingerprint, partition, metrics_port, progress_stream)
+            reconcile(cfg.output)
+            fill_missing(cfg.output, manifest, run_id, fingerprint, partition)
+        except BaseException as exc:
+            record.finish("stalled" if isinstance(exc, StallError) else "failed", error=f"{type(exc).__name__}: {exc}"[:2000])
+            write_record(cfg.output, record)
+            raise
+        seconds = time.perf_counter() - started
+        table = read_results(cfg.output)
+        mine = table.filter(pc.equal(table["run_id"], run_id))
+        summary = summarise(mine)
+        record.finish("succeeded", ok=summary.ok, failed=summary.failed)
+        write_record(cfg.output, record)
     push_summary(cfg.pushgateway, job_summary(cfg, mine, seconds))
     return RunReport(
         run_id=run_id,
         fingerprint=fingerprint,
-        this_run=summarise(mine),
+        this_run=summary,
         output=summarise(table),
         skipped=len(manifest) - len(todo),
         seconds=seconds,

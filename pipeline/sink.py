@@ -1,7 +1,8 @@
 """Persist results so that every manifest id ends up in the output exactly once.
 
 Layout under OUTPUT:
-- `results/part-<hash>.parquet`: finished rows (ok and failed), one file per model batch.
+- `results/date=YYYY-MM-DD/part-<hash>.parquet`: finished rows (ok and failed), one file per
+  model batch, in the partition of the day (UTC) the run started.
   The name is a hash of the batch's ids, and a local file appears by an atomic rename, so
   a retried task rewrites the same file instead of adding a second copy, and a killed
   writer leaves no half-written file that could be taken as done.
@@ -62,14 +63,14 @@ def _atomic_write(table: pa.Table, uri: str) -> None:
         pq.write_table(table, path, filesystem=fs)
 
 
-def write_batch(table: pa.Table, output: str, run_id: str, fingerprint: str, board: Any = None,
+def write_batch(table: pa.Table, output: str, run_id: str, fingerprint: str, partition: str, board: Any = None,
                 tags: dict[str, str] | None = None) -> pa.Table:
     """Ray Data UDF: persist one batch of finished rows; return a small progress table."""
     table = table.cast(RESULT_SCHEMA)
     for name, value in (("run_id", run_id), ("fingerprint", fingerprint)):
         table = table.set_column(table.schema.get_field_index(name), name, pa.array([value] * len(table), pa.string()))
     digest = hashlib.sha1("\n".join(sorted(table["id"].to_pylist())).encode()).hexdigest()[:20]
-    _atomic_write(table, f"{subdir(output, RESULTS_DIR)}/part-{digest}.parquet")
+    _atomic_write(table, f"{subdir(output, RESULTS_DIR)}/{partition}/part-{digest}.parquet")
     failed = table.filter(pc.equal(table["status"], FAILED))
     if len(failed):
         _atomic_write(failed, f"{subdir(output, DEAD_LETTER_DIR)}/part-{run_id}-{digest}.parquet")
@@ -84,14 +85,14 @@ def write_batch(table: pa.Table, output: str, run_id: str, fingerprint: str, boa
 
 def _files(output: str, name: str) -> tuple[pafs.FileSystem, list[str]]:
     fs, path = resolve(subdir(output, name))
-    infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
+    infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True, recursive=True))
     return fs, sorted(i.path for i in infos if i.is_file and i.base_name.startswith("part-") and i.path.endswith(".parquet"))
 
 
 def _quarantine(fs: pafs.FileSystem, path: str, output: str) -> None:
     _, target = resolve(subdir(output, QUARANTINE_DIR))
     fs.create_dir(target, recursive=True)
-    fs.move(path, f"{target}/{path.rsplit('/', 1)[1]}")
+    fs.move(path, f"{target}/{'_'.join(path.rsplit('/', 2)[-2:])}")
 
 
 def read_results(output: str, columns: list[str] | None = None, *, with_files: bool = False) -> pa.Table:
@@ -181,7 +182,7 @@ def plan_resume(output: str, manifest: pa.Table, fingerprint: str, retry_failed:
     return todo.append_column("attempt", pa.array(attempts, pa.int32()))
 
 
-def fill_missing(output: str, manifest: pa.Table, run_id: str, fingerprint: str) -> int:
+def fill_missing(output: str, manifest: pa.Table, run_id: str, fingerprint: str, partition: str) -> int:
     """After a finished run, record any manifest id without a row as failed, never silently missing."""
     present = read_results(output, ["id"])["id"]
     lost = manifest.filter(pc.invert(pc.is_in(manifest["id"], value_set=present)))
@@ -190,7 +191,7 @@ def fill_missing(output: str, manifest: pa.Table, run_id: str, fingerprint: str)
     rows = [{"id": r["id"], "uri": r["uri"], "media_type": r["media_type"], "status": FAILED, "stage": "pipeline",
              "error_type": "LostItem", "error": "the pipeline finished without a result for this id", "attempt": 1}
             for r in lost.to_pylist()]
-    write_batch(pa.Table.from_pylist(rows, schema=RESULT_SCHEMA), output, run_id, fingerprint)
+    write_batch(pa.Table.from_pylist(rows, schema=RESULT_SCHEMA), output, run_id, fingerprint, partition)
     return len(rows)
 
 

@@ -74,27 +74,27 @@ def unused_port():
 def ray_cluster():
     """Start a real multi-node Ray cluster on this machine with `ray start` (loopback, token auth).
 
-    Returns a function `start(nodes=2, metrics_port=None) -> (address, env)`; everything it
-    started is stopped at teardown. Each node gets one CPU.
+    Returns a function `start(nodes=2, metrics_ports=()) -> (address, env)`, where
+    `metrics_ports` gives each node its Ray metrics export port (every node serves its own
+    workers' metrics); everything it started is stopped at teardown. Each node gets one CPU.
     """
     procs, dirs = [], []
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env.update(RAY_AUTH_MODE="token", RAY_metrics_report_interval_ms="500")
     ray_bin = str(Path(sys.executable).with_name("ray"))
 
-    def start(nodes: int = 2, metrics_port: int | None = None) -> tuple[str, dict[str, str]]:
+    def start(nodes: int = 2, metrics_ports: tuple[int, ...] = ()) -> tuple[str, dict[str, str]]:
+        ports = [[f"--metrics-export-port={p}"] for p in metrics_ports] + [[]] * nodes
         port = free_port()
         temp_dir = tempfile.mkdtemp(prefix="ray-", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
         dirs.append(temp_dir)
         common = ["--node-ip-address=127.0.0.1", "--num-cpus=1", "--block"]
-        head = [ray_bin, "start", "--head", f"--port={port}", "--include-dashboard=false", f"--temp-dir={temp_dir}"]
-        if metrics_port:
-            head.append(f"--metrics-export-port={metrics_port}")
+        head = [ray_bin, "start", "--head", f"--port={port}", "--include-dashboard=false", f"--temp-dir={temp_dir}", *ports[0]]
         procs.append(subprocess.Popen(head + common, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                       start_new_session=True))
         time.sleep(8)
-        for _ in range(nodes - 1):
-            procs.append(subprocess.Popen([ray_bin, "start", f"--address=127.0.0.1:{port}", *common], env=env,
+        for i in range(1, nodes):
+            procs.append(subprocess.Popen([ray_bin, "start", f"--address=127.0.0.1:{port}", *ports[i], *common], env=env,
                                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True))
         time.sleep(6 if nodes > 1 else 0)
         return f"127.0.0.1:{port}", {**env, "RAY_ADDRESS": f"127.0.0.1:{port}"}

@@ -1,8 +1,12 @@
 """The whole pipeline on a real local Ray instance, real media and a saved tiny model."""
 
+import json
 import os
+import re
+import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -10,7 +14,9 @@ import pytest
 
 from pipeline.config import ModelConfig, PipelineConfig, PruningConfig, SamplingConfig
 from pipeline.manifest import ManifestError
+from pipeline.lock import OutputLockedError, output_lock
 from pipeline.run import run_pipeline
+from pipeline.runlog import read_records
 from pipeline.schema import RESULT_SCHEMA
 from pipeline.sink import FingerprintMismatchError, read_dead_letter, read_results
 
@@ -150,6 +156,29 @@ def test_resume_does_only_missing_ids(mixed_run, tmp_path):
     report = run_pipeline(partial)
     assert report.skipped == 1 and report.this_run.total == 7
     assert sorted(read_results(partial.output)["id"].to_pylist()) == sorted(table["id"].to_pylist())
+
+
+def test_results_are_date_partitioned_and_runs_logged(mixed_run):
+    cfg, first, _ = mixed_run
+    out = Path(cfg.output)
+    partitions = {p.parent.name for p in (out / "results").rglob("part-*.parquet")}
+    assert len(partitions) == 1 and re.fullmatch(r"date=\d{4}-\d{2}-\d{2}", partitions.pop())
+    records = {r["run_id"]: r for r in read_records(cfg.output)}
+    mine = records[first.run_id]
+    assert (mine["status"], mine["todo"], mine["skipped"], mine["ok"], mine["failed"]) == ("succeeded", 8, 0, 4, 4)
+    assert mine["started"] <= mine["ended"] and mine["fingerprint"] == first.fingerprint
+    assert not (out / "_lock.json").exists()
+
+
+def test_a_second_run_on_a_busy_output_refuses(mixed_run):
+    cfg, _, _ = mixed_run
+    with output_lock(cfg.output, "someone-else"):
+        with pytest.raises(OutputLockedError, match="being written by run someone-else"):
+            run_pipeline(cfg)
+    stale = Path(cfg.output) / "_lock.json"
+    stale.write_text(json.dumps({"run_id": "crashed", "pid": 2**22 + 7, "host": socket.gethostname()}))
+    assert run_pipeline(cfg).skipped == 8
+    assert not stale.exists()
 
 
 def test_different_configuration_is_not_mixed_in(mixed_run):

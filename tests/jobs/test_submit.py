@@ -276,7 +276,7 @@ def test_submitted_specs_run_on_the_cluster(ray_head, tmp_path, tiny_model_dir):
 
     from pipeline.sink import read_results
 
-    assert list((output / "results").glob("*.parquet"))
+    assert list((output / "results").rglob("part-*.parquet"))
     table = read_results(str(output))
     assert sorted(table["id"].to_pylist()) == ["img-0", "img-1"]
     assert set(table["status"].to_pylist()) == {"ok"}

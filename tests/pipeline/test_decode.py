@@ -32,6 +32,15 @@ def test_clip_window_selects_frames_inside_it():
     assert sample_indices(10, 10.0, 32, None, None).tolist() == list(range(10))
 
 
+def test_sampling_by_fps_is_capped_by_num_frames(media):
+    # 80 frames at 8 fps = 10 s of video; 1 frame per second gives 10 frames, evenly spread.
+    assert sample_indices(num_total=80, fps=8.0, num_frames=32, start_s=None, end_s=None, sample_fps=1.0).tolist() == [
+        0, 9, 18, 26, 35, 44, 53, 61, 70, 79]
+    assert len(sample_indices(80, 8.0, 4, None, None, sample_fps=2.0)) == 4
+    r = decode_row(row(media["video_long"], start_s=1.0, end_s=3.0), SamplingConfig(num_frames=16, fps=2.0))
+    assert r["status"] == "ok" and r["num_frames"] == 4
+
+
 def test_clip_window_on_real_video_and_resize(media):
     r = decode_row(row(media["video_long"], start_s=1.0, end_s=2.0), SamplingConfig(num_frames=3, max_side=120))
     assert r["status"] == "ok", r.get("error")
@@ -97,3 +106,16 @@ def test_huge_image_is_refused(tmp_path):
     r = decode_row(row(big), SamplingConfig(max_image_pixels=1_000_000))
     assert r["status"] == "failed"
     assert "max_image_pixels" in r["error"] or r["error_type"] == "DecompressionBombError"
+
+
+def test_batch_of_ok_and_failed_rows_keeps_every_field(media, tmp_path):
+    """A batch is built from its rows; a failure's fields must survive an ok first row."""
+    import pyarrow as pa
+
+    from pipeline.stages import run_stage
+
+    table = pa.Table.from_pylist([row(media["image"]), {**row(tmp_path / "gone.png"), "id": "y"}])
+    out = run_stage(table, fn=decode_row, stage="decode", board=None,
+                    tags={"job": "j", "task": "caption", "method": "iwp"}, cfg=SamplingConfig()).to_pylist()
+    assert [r["status"] for r in out] == ["ok", "failed"]
+    assert out[1]["error_type"] == "FileNotFoundError" and out[1]["stage"] == "decode"

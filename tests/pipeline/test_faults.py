@@ -42,7 +42,7 @@ def wait_for(predicate, timeout: float, what: str) -> None:
 
 
 def result_files(output: Path) -> list[Path]:
-    return list((output / "results").glob("part-*.parquet"))
+    return list((output / "results").rglob("part-*.parquet"))
 
 
 def assert_exactly_once(output: Path, count: int) -> pa.Table:
@@ -118,4 +118,4 @@ def test_killed_driver_rerun_resumes_without_loss_or_duplicates(tmp_path, tiny_m
     assert f"{done_before} already done, skipped" in second.stdout
     table = assert_exactly_once(output, count)
     assert set(table["status"].to_pylist()) == {"ok"}
-    assert not list((output / "results").glob(".tmp-*"))
+    assert not list((output / "results").rglob(".tmp-*"))

@@ -107,9 +107,9 @@ def manifest(root: Path, ok: int, broken: int = 0) -> str:
 
 
 def test_live_metrics_scraped_and_summary_pushed(tmp_path, tiny_model_dir, pushgateway, ray_cluster, unused_port):
-    metrics_port = unused_port()
-    address, env = ray_cluster(nodes=2, metrics_port=metrics_port)
-    prom, prom_url = start_prometheus(tmp_path, [f"127.0.0.1:{metrics_port}"], unused_port())
+    metrics_ports = (unused_port(), unused_port())
+    address, env = ray_cluster(nodes=2, metrics_ports=metrics_ports)
+    prom, prom_url = start_prometheus(tmp_path, [f"127.0.0.1:{p}" for p in metrics_ports], unused_port())
     try:
         cmd = [sys.executable, "-m", "jobs.cli", "run", "--input", manifest(tmp_path, 5, broken=2),
                "--output", str(tmp_path / "out"), "--model", str(tiny_model_dir), "--name", "metrics-test",
@@ -119,7 +119,7 @@ def test_live_metrics_scraped_and_summary_pushed(tmp_path, tiny_model_dir, pushg
         sel = '{job="metrics-test",task="caption",method="iwp"}'
         expect = {
             f"sum(last_over_time(ray_iwp_items_processed_total{sel}[10m]))": 7,
-            'sum(last_over_time(ray_iwp_items_failed_total{job="metrics-test",error_type="UnidentifiedImageError",stage="decode"}[10m]))': 2,
+            'sum(last_over_time(ray_iwp_items_failed_total{job="metrics-test",stage="decode"}[10m]))': 2,
             f"sum(last_over_time(ray_iwp_frames_decoded_total{sel}[10m]))": 5,
             f"sum(last_over_time(ray_iwp_stage_latency_seconds_count{{job=\"metrics-test\",stage=\"decode\"}}[10m]))": 7,
         }
@@ -130,6 +130,9 @@ def test_live_metrics_scraped_and_summary_pushed(tmp_path, tiny_model_dir, pushg
                 break
             time.sleep(1)
         assert got == {q: float(v) for q, v in expect.items()}
+        by_type = json.loads(get(f"{prom_url}/api/v1/query?" + urllib.parse.urlencode(
+            {"query": 'sum by (error_type) (last_over_time(ray_iwp_items_failed_total{job="metrics-test"}[10m]))'})))
+        assert {r["metric"]["error_type"]: float(r["value"][1]) for r in by_type["data"]["result"]} == {"UnidentifiedImageError": 2.0}
         before = prom_query(prom_url, f'sum(last_over_time(ray_iwp_visual_tokens_total{{job="metrics-test",phase="before"}}[10m]))')
         after = prom_query(prom_url, f'sum(last_over_time(ray_iwp_visual_tokens_total{{job="metrics-test",phase="after"}}[10m]))')
         assert before and after and after / before == pytest.approx(0.5, abs=0.05)

@@ -1,0 +1,659 @@
+"""What does visual-token pruning at decoder layer K buy inside a whole Qwen2.5-VL model?
+
+For a video (16+ frames) and an image, at keep ratios 100 / 35.3 / 22.2 / 11.1 % of the
+visual tokens (100 % = pruning disabled, the plain model), this measures
+
+- vision s:  the vision encoder's own time inside the prefill (forward hooks on
+             ``model.model.visual``); pruning happens after it and cannot touch it;
+- prefill s: one forward over the prompt (``use_cache=True``, ``logits_to_keep=1``, as
+             ``generate`` does it), vision encoder included;
+- e2e s:     ``generate(max_new_tokens=N, min_new_tokens=N, do_sample=False)``, vision,
+             prefill and N-1 decode steps (the processor's work is not included);
+- peak mem:  see below;
+- FLOP ideal: FLOPs(unpruned) / FLOPs(pruned) for the prefill, counted analytically from
+             the configuration (vision encoder at full length with its window / full
+             attention segments; decoder layers < K at the full length L; layers >= K at
+             L' = L - (visual - kept); causal attention's quadratic term; the lm_head for the
+             last position only). The selection's own cost is not counted: it is overhead
+             the ideal does not have.
+
+and, for the video, end-to-end items/s at the largest batch that fits the memory budget,
+for the unpruned model and at 11.1 %. Timings are medians of ``--repeats`` runs after one
+warm-up run (``torch.cuda.synchronize`` around every timed region on CUDA).
+
+Models are built in memory with random weights (no download): ``--config mid`` is a
+mid-size configuration for a CPU (fp32) whose proportions follow the real model (the LLM
+dominates; the vision encoder costs about half of what the LLM does per visual token;
+GQA; windowed vision attention); ``--config 7b`` is the real Qwen2.5-VL-7B-Instruct
+configuration in bf16, for a GPU. Inputs are random-pixel frames encoded by a real
+Qwen2.5-VL processor (word-level tokenizer from ``reference.tiny_model``). Random weights
+give meaningless tokens but the same amount of work; ``min_new_tokens`` forces every run
+to N new tokens.
+
+Memory, honestly stated:
+- CPU: ``peak`` is the process's resident-set high-water mark (Linux ``VmHWM``, reset
+  through ``/proc/self/clear_refs`` just before the call) during one ``generate`` call;
+  ``extra`` is that minus the resident size just before the call (weights, inputs and the
+  torch runtime are in the baseline), i.e. activations, KV cache, temporaries and allocator
+  slack. Freed heap is handed back (``malloc_trim``) before each reading, so a reading is
+  not hidden by memory an earlier, larger call left behind; memory the allocator reuses
+  without growing the resident set is still not seen, so ``extra`` is a lower bound.
+- CUDA: ``torch.cuda.max_memory_allocated`` during the call (``peak``, weights included)
+  and minus the allocation just before it (``extra``); the caching allocator's reserve
+  is not counted.
+
+Batch throughput: batch sizes 1, 2, 4, ... (identical copies of the video item). CUDA:
+doubling until out-of-memory or ``--max-batch``; CPU: until ``--max-batch`` (to keep the
+run short) or until the measured peak, or the peak predicted for the next doubling
+(baseline + 2 x extra), exceeds ``--memory-budget-gb``. The output says which limit
+stopped each sweep; on CPU with the defaults that is the batch cap, not memory.
+
+Usage: ``python benchmarks/bench_model.py [--device cpu|cuda] [--config mid|7b] [--quick]
+[--new-tokens 16] [--repeats R] [--out PATH]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import datetime
+import gc
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+KEEP_RATIOS = (1.0, 0.353, 0.222, 0.111)
+TARGET_RATIO = 0.111
+TARGET_PREFILL_OF_IDEAL = 0.9
+TARGET_THROUGHPUT = 2.5
+# The paper's figures (unpruned -> pruned, seconds); its keep ratio for them is taken to be the
+# most aggressive one, 11.1 %, which is the row they are compared against here.
+PAPER = {"prefill_s": (1.13, 0.39), "e2e_s": (1.37, 0.64)}
+
+# Model configurations. Plain values, so the FLOP count can be done for either without
+# building a model. "7b" is Qwen2.5-VL-7B-Instruct's config.json, written out.
+CONFIGS: dict[str, dict] = {
+    "mid": {
+        "dtype": "float32",
+        "text": {"hidden_size": 768, "intermediate_size": 2048, "num_hidden_layers": 8, "num_attention_heads": 12,
+                 "num_key_value_heads": 4, "vocab_size": 8192, "rope_theta": 1e6, "mrope_section": [8, 12, 12],
+                 "max_position_embeddings": 32768, "rms_norm_eps": 1e-6, "tie_word_embeddings": False},
+        "vision": {"depth": 4, "hidden_size": 256, "intermediate_size": 640, "num_heads": 4, "out_hidden_size": 768,
+                   "window_size": 112, "fullatt_block_indexes": [3], "patch_size": 14, "spatial_merge_size": 2,
+                   "temporal_patch_size": 2, "in_channels": 3, "tokens_per_second": 2},
+    },
+    "7b": {
+        "dtype": "bfloat16",
+        "text": {"hidden_size": 3584, "intermediate_size": 18944, "num_hidden_layers": 28, "num_attention_heads": 28,
+                 "num_key_value_heads": 4, "vocab_size": 152064, "rope_theta": 1e6, "mrope_section": [16, 24, 24],
+                 "max_position_embeddings": 128000, "rms_norm_eps": 1e-6, "tie_word_embeddings": False},
+        "vision": {"depth": 32, "hidden_size": 1280, "intermediate_size": 3420, "num_heads": 16, "out_hidden_size": 3584,
+                   "window_size": 112, "fullatt_block_indexes": [7, 15, 23, 31], "patch_size": 14,
+                   "spatial_merge_size": 2, "temporal_patch_size": 2, "in_channels": 3, "tokens_per_second": 2},
+    },
+}
+
+PROMPTS = {"image": "describe this image .", "video": "describe this video ."}
+
+
+# ----------------------------------------------------------------------------- FLOPs
+
+def _window_segments(t: int, h: int, w: int, vision: dict) -> list[int]:
+    """Lengths (in patches) of the windowed-attention segments, as transformers' get_vision_window_index makes them."""
+    merge = vision["spatial_merge_size"]
+    span = vision["window_size"] // merge // vision["patch_size"]  # window side in merged units
+    gh, gw = h // merge, w // merge
+
+    def sides(n: int) -> list[int]:
+        return [span] * (n // span) + ([n % span] if n % span else [])
+
+    return [a * b * merge * merge for _ in range(t) for a in sides(gh) for b in sides(gw)]
+
+
+def vision_flops(vision: dict, grids: list[tuple[int, int, int]]) -> float:
+    """Patch embedding, blocks (window / full attention as configured) and the patch merger."""
+    d, inter, out = vision["hidden_size"], vision["intermediate_size"], vision["out_hidden_size"]
+    merged = d * vision["spatial_merge_size"] ** 2
+    patch_in = vision["in_channels"] * vision["temporal_patch_size"] * vision["patch_size"] ** 2
+    total = 0.0
+    for t, h, w in grids:
+        n = t * h * w
+        full = [h * w] * t  # full-attention blocks attend within each temporal patch group
+        window = _window_segments(t, h, w, vision)
+        total += 2 * n * patch_in * d
+        for block in range(vision["depth"]):
+            segments = full if block in vision["fullatt_block_indexes"] else window
+            total += 2 * n * (3 * d * d + d * d) + 2 * n * 3 * d * inter  # qkv, proj; gated MLP
+            total += 2 * 2 * d * sum(s * s for s in segments)  # QK^T and AV, bidirectional
+        tokens = n // vision["spatial_merge_size"] ** 2
+        total += 2 * tokens * (merged * merged + merged * out)
+    return total
+
+
+def _layer_linear(text: dict) -> float:
+    """FLOPs per token of one decoder layer's projections and MLP."""
+    h, inter = text["hidden_size"], text["intermediate_size"]
+    hd = h // text["num_attention_heads"]
+    q, kv = text["num_attention_heads"] * hd, text["num_key_value_heads"] * hd
+    return 2 * (h * q + 2 * h * kv + q * h) + 2 * 3 * h * inter
+
+
+def _causal_attention(text: dict, length: int, past: int = 0) -> float:
+    """QK^T and AV for `length` new tokens attending causally to `past` cached ones and themselves."""
+    width = text["num_attention_heads"] * (text["hidden_size"] // text["num_attention_heads"])
+    pairs = length * past + length * (length + 1) / 2
+    return 2 * 2 * width * pairs
+
+
+def llm_prefill_flops(text: dict, length: int, kept_length: int, layer: int) -> float:
+    n = text["num_hidden_layers"]
+    full = layer * (length * _layer_linear(text) + _causal_attention(text, length))
+    pruned = (n - layer) * (kept_length * _layer_linear(text) + _causal_attention(text, kept_length))
+    return full + pruned + 2 * text["hidden_size"] * text["vocab_size"]
+
+
+def llm_decode_flops(text: dict, length: int, kept_length: int, layer: int, steps: int) -> float:
+    n, total = text["num_hidden_layers"], 0.0
+    for s in range(steps):
+        total += layer * (_layer_linear(text) + _causal_attention(text, 1, length + s))
+        total += (n - layer) * (_layer_linear(text) + _causal_attention(text, 1, kept_length + s))
+        total += 2 * text["hidden_size"] * text["vocab_size"]
+    return total
+
+
+def flop_model(spec: dict, grids: list[tuple[int, int, int]], length: int, visual: int, kept: int, layer: int,
+               new_tokens: int) -> dict:
+    """Per item. `length`: prompt tokens; `visual`: visual tokens among them; `kept`: visual tokens kept."""
+    kept_length = length - (visual - kept)
+    vis = vision_flops(spec["vision"], grids)
+    llm = llm_prefill_flops(spec["text"], length, kept_length, layer)
+    decode = llm_decode_flops(spec["text"], length, kept_length, layer, max(new_tokens - 1, 0))
+    return {"vision": vis, "llm_prefill": llm, "prefill": vis + llm, "decode": decode, "e2e": vis + llm + decode,
+            "kept_length": kept_length}
+
+
+# ----------------------------------------------------------------------------- model and inputs
+
+def build(spec: dict, device, dtype, seed: int = 0):
+    import torch
+    from transformers import (Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor,
+                              Qwen2VLImageProcessor, Qwen2VLVideoProcessor)
+
+    from reference.tiny_model import QWEN_TEMPLATE, build_tokenizer
+
+    tokenizer = build_tokenizer()
+    ids = tokenizer.convert_tokens_to_ids
+    t = dict(spec["text"])
+    rope = {"rope_type": "default", "rope_theta": t.pop("rope_theta"), "mrope_section": t.pop("mrope_section")}
+    text_config = {**t, "rope_parameters": rope, "hidden_act": "silu", "use_sliding_window": False,
+                   "bos_token_id": ids("<|im_start|>"), "eos_token_id": ids("<|im_end|>"),
+                   "pad_token_id": ids("<|endoftext|>")}
+    config = Qwen2_5_VLConfig(
+        text_config=text_config,
+        vision_config={**spec["vision"], "hidden_act": "silu"},
+        image_token_id=ids("<|image_pad|>"),
+        video_token_id=ids("<|video_pad|>"),
+        vision_start_token_id=ids("<|vision_start|>"),
+        vision_end_token_id=ids("<|vision_end|>"),
+        tie_word_embeddings=spec["text"]["tie_word_embeddings"],
+    )
+    torch.manual_seed(seed)
+    with torch.device(device):
+        model = Qwen2_5_VLForConditionalGeneration._from_config(config, dtype=dtype)
+    model.eval()
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    # Frames are kept at the size given (multiples of 28): no resizing by the processor.
+    pixels = {"min_pixels": 28 * 28 * 4, "max_pixels": 28 * 28 * 16384}
+    processor = Qwen2_5_VLProcessor(image_processor=Qwen2VLImageProcessor(**pixels),
+                                    video_processor=Qwen2VLVideoProcessor(**pixels, cap_pixels_per_frame=False), tokenizer=tokenizer,
+                                    chat_template=QWEN_TEMPLATE)
+    return model, processor
+
+
+def encode(processor, kind: str, size: tuple[int, int], frames: int, seed: int = 0):
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    messages = [{"role": "user", "content": [{"type": kind}, {"type": "text", "text": PROMPTS[kind]}]}]
+    text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    if kind == "image":
+        pixels = rng.integers(0, 255, (*size, 3), dtype=np.uint8)
+        return processor(text=[text], images=[pixels], return_tensors="pt")
+    pixels = rng.integers(0, 255, (frames, *size, 3), dtype=np.uint8)
+    return processor(text=[text], videos=[pixels], return_tensors="pt", do_sample_frames=False)
+
+
+def replicate(encoded, batch: int, device) -> dict:
+    """`batch` identical copies of a one-item encoding (equal lengths, so no padding)."""
+    out = {}
+    for key, value in encoded.items():
+        if key.startswith("pixel_values") or value.dim() >= 2:
+            value = value.repeat(batch, *([1] * (value.dim() - 1)))
+        else:
+            value = value.repeat(batch)
+        out[key] = value.to(device)
+    return out
+
+
+def grids_of(encoded) -> list[tuple[int, int, int]]:
+    grid = encoded.get("video_grid_thw", encoded.get("image_grid_thw"))
+    return [tuple(int(v) for v in row) for row in grid]
+
+
+# ----------------------------------------------------------------------------- measuring
+
+def _sync(device) -> None:
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _status(field: str) -> int:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def _trim() -> None:
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def measure_memory(fn, device) -> dict:
+    """Run fn once; return the peak (see the module docstring for what it is)."""
+    import torch
+
+    if device.type == "cuda":
+        _sync(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+        fn()
+        _sync(device)
+        peak = torch.cuda.max_memory_allocated(device)
+        return {"before": before, "peak": peak, "extra": peak - before, "kind": "cuda max_memory_allocated"}
+    _trim()
+    try:
+        with open("/proc/self/clear_refs", "w") as clear:
+            clear.write("5")
+        kind = "VmHWM (reset) during the call"
+    except OSError:
+        kind = "VmHWM since process start (could not reset: an upper bound for this call)"
+    before = _status("VmRSS")
+    fn()
+    peak = _status("VmHWM")
+    return {"before": before, "peak": peak, "extra": peak - before, "kind": kind}
+
+
+class VisionTimer:
+    """Times every call of the vision encoder (synchronising on CUDA)."""
+
+    def __init__(self, visual, device):
+        self.device, self.times, self._start = device, [], None
+        self.hooks = [visual.register_forward_pre_hook(self._pre), visual.register_forward_hook(self._post)]
+
+    def _pre(self, *_):
+        _sync(self.device)
+        self._start = time.perf_counter()
+
+    def _post(self, *_):
+        _sync(self.device)
+        self.times.append(time.perf_counter() - self._start)
+
+    def take(self) -> float:
+        total, self.times = sum(self.times), []
+        return total
+
+    def remove(self) -> None:
+        for hook in self.hooks:
+            hook.remove()
+
+
+def prefill(model, inputs) -> None:
+    import torch
+
+    with torch.inference_mode():
+        model(**inputs, use_cache=True, logits_to_keep=1)
+
+
+def generate(model, inputs, new_tokens: int):
+    import torch
+
+    with torch.inference_mode():
+        out = model.generate(**inputs, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
+    if out.shape[1] != inputs["input_ids"].shape[1] + new_tokens:
+        raise RuntimeError(f"generate made {out.shape[1] - inputs['input_ids'].shape[1]} tokens, not {new_tokens}")
+    return out
+
+
+def timed(fn, device) -> float:
+    _sync(device)
+    start = time.perf_counter()
+    fn()
+    _sync(device)
+    return time.perf_counter() - start
+
+
+def set_ratio(handle, ratio: float) -> None:
+    if ratio >= 1.0:
+        handle.disable()
+    else:
+        handle.configure(keep_ratio=ratio)
+        handle.enable()
+
+
+def visual_counts(model, inputs, handle, ratio: float) -> tuple[int, int]:
+    """Visual tokens before and after pruning, item 0 of the last call."""
+    import torch
+
+    ids = torch.tensor([model.config.image_token_id, model.config.video_token_id], device=inputs["input_ids"].device)
+    before = int(torch.isin(inputs["input_ids"][0], ids).sum())
+    if ratio >= 1.0:
+        return before, before
+    stats = handle.last_stats
+    if not stats or stats[0].visual_before != before:
+        raise RuntimeError(f"pruning did not run as expected: {stats}")
+    return before, stats[0].visual_after
+
+
+def measure_row(model, handle, timer, encoded, kind: str, ratio: float, args, device, spec) -> dict:
+    set_ratio(handle, ratio)
+    inputs = replicate(encoded, 1, device)
+    load = os.getloadavg()
+    memory = measure_memory(lambda: generate(model, inputs, args.new_tokens), device)  # also the warm-up
+    timer.take()
+    visual, kept = visual_counts(model, inputs, handle, ratio)
+    prefill_s, vision_s = [], []
+    for _ in range(args.repeats):
+        prefill_s.append(timed(lambda: prefill(model, inputs), device))
+        vision_s.append(timer.take())
+    e2e_s = []
+    for _ in range(args.repeats):
+        e2e_s.append(timed(lambda: generate(model, inputs, args.new_tokens), device))
+    timer.take()
+    length = int(inputs["attention_mask"][0].sum())
+    flops = flop_model(spec, grids_of(encoded), length, visual, kept, args.layer, args.new_tokens)
+    return {"media": kind, "keep_ratio": ratio, "prompt_tokens": length, "visual_tokens": visual, "visual_kept": kept,
+            "kept_length": flops["kept_length"], "vision_s": statistics.median(vision_s), "vision_s_all": vision_s,
+            "prefill_s": statistics.median(prefill_s), "prefill_s_all": prefill_s,
+            "e2e_s": statistics.median(e2e_s), "e2e_s_all": e2e_s, "memory": memory, "flops": flops,
+            "loadavg": load}
+
+
+def add_speedups(rows: list[dict]) -> None:
+    for row in rows:
+        base = next(r for r in rows if r["media"] == row["media"] and r["keep_ratio"] >= 1.0)
+        row["prefill_speedup"] = base["prefill_s"] / row["prefill_s"]
+        row["e2e_speedup"] = base["e2e_s"] / row["e2e_s"]
+        row["flop_ideal"] = base["flops"]["prefill"] / row["flops"]["prefill"]
+        row["flop_ideal_e2e"] = base["flops"]["e2e"] / row["flops"]["e2e"]
+        row["measured_over_ideal"] = row["prefill_speedup"] / row["flop_ideal"]
+        llm_base, llm_row = base["prefill_s"] - base["vision_s"], row["prefill_s"] - row["vision_s"]
+        row["llm_prefill_speedup"] = llm_base / llm_row if llm_row > 0 else float("nan")
+        row["llm_flop_ideal"] = base["flops"]["llm_prefill"] / row["flops"]["llm_prefill"]
+
+
+def batch_sweep(model, handle, encoded, ratio: float, args, device, budget: int) -> dict:
+    import torch
+
+    set_ratio(handle, ratio)
+    runs, batch, stop = [], 1, None
+    while True:
+        if batch > args.max_batch:
+            stop = f"batch cap --max-batch {args.max_batch}"
+            break
+        inputs = replicate(encoded, batch, device)
+        try:
+            memory = measure_memory(lambda: generate(model, inputs, args.new_tokens), device)  # warm-up at this size
+            times = [timed(lambda: generate(model, inputs, args.new_tokens), device) for _ in range(args.batch_repeats)]
+        except torch.OutOfMemoryError:
+            handle._call = None  # drop the failed call's tensors before emptying the cache
+            del inputs
+            gc.collect()
+            torch.cuda.empty_cache()
+            stop = f"out of memory at batch {batch}"
+            runs.append({"batch": batch, "oom": True})
+            break
+        seconds = statistics.median(times)
+        fits = memory["peak"] <= budget
+        runs.append({"batch": batch, "seconds": seconds, "seconds_all": times, "items_per_s": batch / seconds,
+                     "memory": memory, "fits": fits, "loadavg": os.getloadavg()})
+        print(f"    keep {ratio * 100:5.1f}%  batch {batch:4d}: {seconds:7.2f} s  {batch / seconds:7.3f} items/s  "
+              f"peak {memory['peak'] / 2**20:8.0f} MiB (extra {memory['extra'] / 2**20:.0f})", flush=True)
+        if not fits:
+            stop = f"measured peak over the {budget / 2**30:.1f} GiB budget at batch {batch}"
+            break
+        if device.type == "cpu" and memory["before"] + 2 * memory["extra"] > budget and batch * 2 <= args.max_batch:
+            stop = f"batch {batch * 2} predicted over the {budget / 2**30:.1f} GiB budget (baseline + 2 x extra)"
+            break
+        batch *= 2
+    fitting = [r for r in runs if r.get("fits")]
+    best = fitting[-1] if fitting else None
+    return {"keep_ratio": ratio, "runs": runs, "stopped_by": stop, "largest_batch": best and best["batch"],
+            "items_per_s": best and best["items_per_s"],
+            "best_items_per_s": max((r["items_per_s"] for r in fitting), default=None)}
+
+
+# ----------------------------------------------------------------------------- output
+
+def table(rows: list[dict], mem_label: str) -> str:
+    head = (f"{'media':6} {'keep':>6} {'visual kept':>12} {'vision s':>9} {'prefill s':>10} {'e2e s':>8} "
+            f"{mem_label:>18} {'prefill x':>10} {'FLOP ideal':>11} {'meas/ideal':>11} {'e2e x':>7}")
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        mem = f"{r['memory']['peak'] / 2**20:.0f} (+{r['memory']['extra'] / 2**20:.0f})"
+        lines.append(f"{r['media']:6} {r['keep_ratio'] * 100:5.1f}% {r['visual_kept']:>5}/{r['visual_tokens']:<6} "
+                     f"{r['vision_s']:9.3f} {r['prefill_s']:10.3f} {r['e2e_s']:8.3f} {mem:>18} "
+                     f"{r['prefill_speedup']:9.2f}x {r['flop_ideal']:10.2f}x {r['measured_over_ideal']:11.2f} "
+                     f"{r['e2e_speedup']:6.2f}x")
+    return "\n".join(lines)
+
+
+def device_name(device) -> str:
+    import torch
+
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        with open("/proc/cpuinfo") as info:
+            model = next((line.split(":", 1)[1].strip() for line in info if line.startswith("model name")), "")
+    except OSError:
+        model = ""
+    return f"{model or platform.processor() or platform.machine()} ({os.cpu_count()} logical CPUs)"
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    h, w = (int(v) for v in text.lower().split("x"))
+    if h % 28 or w % 28:
+        raise argparse.ArgumentTypeError(f"{text}: height and width must be multiples of 28")
+    return h, w
+
+
+def main() -> None:
+    started = time.perf_counter()
+    load_before = os.getloadavg()
+    import torch
+    import transformers
+
+    import iwp_ops
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--config", choices=tuple(CONFIGS), default=None,
+                        help="default: mid on CPU, 7b on CUDA (7b is bf16, GPU only)")
+    parser.add_argument("--new-tokens", type=int, default=16)
+    parser.add_argument("--repeats", type=int, default=None, help="timed runs per cell (default 3; --quick: 1)")
+    parser.add_argument("--quick", action="store_true", help="one timed run per cell, batch sweep to 2")
+    parser.add_argument("--method", default="iwp")
+    parser.add_argument("--layer", type=int, default=2, help="decoder layer K where tokens are pruned")
+    parser.add_argument("--frames", type=int, default=16)
+    parser.add_argument("--video-size", type=parse_size, default=(336, 336), help="HxW per frame (multiples of 28)")
+    parser.add_argument("--image-size", type=parse_size, default=(672, 672), help="HxW (multiples of 28)")
+    parser.add_argument("--max-batch", type=int, default=None, help="batch sweep cap (default: CPU 8, --quick 2; CUDA 256)")
+    parser.add_argument("--batch-repeats", type=int, default=None, help="timed runs per batch size (default 2; --quick 1)")
+    parser.add_argument("--memory-budget-gb", type=float, default=None,
+                        help="memory budget for the batch sweep (default: CPU 8; CUDA the device's memory)")
+    parser.add_argument("--no-batch", action="store_true", help="skip the batch throughput sweep")
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "bench_model.json")
+    args = parser.parse_args()
+
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device")
+    args.config = args.config or ("7b" if device.type == "cuda" else "mid")
+    if args.config == "7b" and device.type != "cuda":
+        parser.error("--config 7b is bf16 and about 17 GB of weights: GPU only")
+    if args.frames < 16:
+        print(f"note: {args.frames} frames; the issue asks for 16+", file=sys.stderr)
+    args.repeats = args.repeats or (1 if args.quick else 3)
+    args.batch_repeats = args.batch_repeats or (1 if args.quick else 2)
+    args.max_batch = args.max_batch or (256 if device.type == "cuda" else 2 if args.quick else 8)
+    if args.memory_budget_gb is not None:
+        budget = int(args.memory_budget_gb * 2**30)
+    elif device.type == "cuda":
+        budget = torch.cuda.get_device_properties(device).total_memory
+    else:
+        budget = 8 * 2**30
+    spec = CONFIGS[args.config]
+    dtype = getattr(torch, spec["dtype"])
+
+    print(f"{args.config} config, {spec['dtype']}, on {device_name(device)}; torch {torch.__version__}, "
+          f"transformers {transformers.__version__}, {torch.get_num_threads()} threads; load {load_before}", flush=True)
+    t0 = time.perf_counter()
+    model, processor = build(spec, device, dtype)
+    params = sum(p.numel() for p in model.parameters())
+    vision_params = sum(p.numel() for p in model.model.visual.parameters())
+    print(f"built in {time.perf_counter() - t0:.1f} s: {params / 1e6:.1f} M parameters "
+          f"({vision_params / 1e6:.1f} M vision), attention {model.config._attn_implementation}", flush=True)
+    media = {"video": encode(processor, "video", args.video_size, args.frames, seed=1),
+             "image": encode(processor, "image", args.image_size, args.frames, seed=2)}
+    handle = iwp_ops.enable_pruning(model, method=args.method, keep_ratio=TARGET_RATIO, layer=args.layer)
+    timer = VisionTimer(model.model.visual, device)
+
+    # Warm-up of the runtime (threads, kernels, allocator) before any reading, on a small image.
+    small = replicate(encode(processor, "image", (56, 56), 1), 1, device)
+    for ratio in (1.0, TARGET_RATIO):
+        set_ratio(handle, ratio)
+        generate(model, small, 2)
+    timer.take()
+
+    rows = []
+    for kind in ("video", "image"):
+        for ratio in KEEP_RATIOS:
+            row = measure_row(model, handle, timer, media[kind], kind, ratio, args, device, spec)
+            rows.append(row)
+            print(f"  {kind:5} keep {ratio * 100:5.1f}%: {row['visual_kept']}/{row['visual_tokens']} visual, "
+                  f"vision {row['vision_s']:.3f} s, prefill {row['prefill_s']:.3f} s, e2e {row['e2e_s']:.3f} s, "
+                  f"peak {row['memory']['peak'] / 2**20:.0f} MiB (+{row['memory']['extra'] / 2**20:.0f})", flush=True)
+    add_speedups(rows)
+
+    sweeps = []
+    if not args.no_batch:
+        print(f"batch sweep (video, identical items; budget {budget / 2**30:.1f} GiB):", flush=True)
+        for ratio in (1.0, TARGET_RATIO):
+            sweeps.append(batch_sweep(model, handle, media["video"], ratio, args, device, budget))
+    timer.remove()
+    handle.remove()
+
+    mem_label = "peak MiB (+extra)"
+    print()
+    print(f"{args.config} config on {device_name(device)}, K={args.layer}, method {args.method}, "
+          f"{args.new_tokens} new tokens, median of {args.repeats}; video {args.frames}x{args.video_size[0]}x"
+          f"{args.video_size[1]}, image {args.image_size[0]}x{args.image_size[1]}")
+    print(table(rows, mem_label))
+    mem_note = ("peak = process VmHWM during one generate call, +extra = above the resident size before it"
+                if device.type == "cpu" else "peak = torch.cuda.max_memory_allocated during one generate call, "
+                                             "+extra = above the allocation before it")
+    print(f"({mem_note})")
+
+    checks = []
+    for kind in ("video", "image"):
+        base = next(r for r in rows if r["media"] == kind and r["keep_ratio"] >= 1.0)
+        row = next(r for r in rows if r["media"] == kind and r["keep_ratio"] == TARGET_RATIO)
+        p0, p1 = PAPER["prefill_s"]
+        e0, e1 = PAPER["e2e_s"]
+        print(f"paper vs ours ({kind}, 11.1%): prefill {p0:.2f} -> {p1:.2f} s ({p0 / p1:.2f}x) vs "
+              f"{base['prefill_s']:.3f} -> {row['prefill_s']:.3f} s ({row['prefill_speedup']:.2f}x); "
+              f"e2e {e0:.2f} -> {e1:.2f} s ({e0 / e1:.2f}x) vs {base['e2e_s']:.3f} -> {row['e2e_s']:.3f} s "
+              f"({row['e2e_speedup']:.2f}x); FLOP ideal {row['flop_ideal']:.2f}x prefill, "
+              f"{row['flop_ideal_e2e']:.2f}x e2e; vision {base['vision_s'] / base['prefill_s'] * 100:.0f}% of "
+              f"the unpruned prefill's time, {base['flops']['vision'] / base['flops']['prefill'] * 100:.0f}% of its FLOPs")
+        ok = row["measured_over_ideal"] >= TARGET_PREFILL_OF_IDEAL
+        checks.append({"target": f"{kind} 11.1%: measured prefill speedup >= {TARGET_PREFILL_OF_IDEAL} x FLOP ideal",
+                       "measured": row["prefill_speedup"], "ideal": row["flop_ideal"],
+                       "value": row["measured_over_ideal"], "pass": ok})
+        print(f"target {kind} 11.1%: prefill {row['prefill_speedup']:.2f}x / ideal {row['flop_ideal']:.2f}x = "
+              f"{row['measured_over_ideal']:.2f} (>= {TARGET_PREFILL_OF_IDEAL}): {'PASS' if ok else 'FAIL'}")
+    if sweeps:
+        unpruned, pruned = sweeps
+        for s in sweeps:
+            print(f"batch throughput keep {s['keep_ratio'] * 100:.1f}%: largest batch that ran within the budget "
+                  f"{s['largest_batch']} -> {s['items_per_s'] or 0:.3f} items/s; sweep stopped by: {s['stopped_by']}")
+        if unpruned["items_per_s"] and pruned["items_per_s"]:
+            ratio = pruned["items_per_s"] / unpruned["items_per_s"]
+            ok = ratio >= TARGET_THROUGHPUT
+            capped = "--max-batch" in str(unpruned["stopped_by"]) and "--max-batch" in str(pruned["stopped_by"])
+            note = " (both sweeps stopped at the batch cap, not at memory: a same-batch ratio)" if capped else ""
+            print(f"target video 11.1%: items/s at largest batch {pruned['items_per_s']:.3f} (batch "
+                  f"{pruned['largest_batch']}) / unpruned {unpruned['items_per_s']:.3f} (batch "
+                  f"{unpruned['largest_batch']}) = {ratio:.2f}x (>= {TARGET_THROUGHPUT}): "
+                  f"{'PASS' if ok else 'FAIL'}{note}")
+            checks.append({"target": f"video 11.1%: e2e items/s at largest fitting batch >= {TARGET_THROUGHPUT} x "
+                                     "unpruned at its own largest batch", "value": ratio, "pass": ok,
+                           "batch_limited_by_cap": capped})
+
+    # For comparison: the FLOP ideal the real 7B configuration would have on these same inputs.
+    ideal_7b = {}
+    for row in rows:
+        if row["keep_ratio"] < 1.0:
+            enc = media[row["media"]]
+            length = row["prompt_tokens"]
+            full = flop_model(CONFIGS["7b"], grids_of(enc), length, row["visual_tokens"], row["visual_tokens"],
+                              args.layer, args.new_tokens)
+            cut = flop_model(CONFIGS["7b"], grids_of(enc), length, row["visual_tokens"], row["visual_kept"],
+                             args.layer, args.new_tokens)
+            ideal_7b[f"{row['media']} {row['keep_ratio']}"] = {
+                "prefill": full["prefill"] / cut["prefill"], "e2e": full["e2e"] / cut["e2e"],
+                "vision_share_unpruned": full["vision"] / full["prefill"]}
+    if args.config != "7b":
+        print("FLOP ideal prefill speedup of the real 7B config on the same inputs: " + ", ".join(
+            f"{k.split()[0]} {float(k.split()[1]) * 100:.1f}% {v['prefill']:.2f}x" for k, v in ideal_7b.items()))
+
+    total = time.perf_counter() - started
+    load_after = os.getloadavg()
+    print(f"total {total:.0f} s; load average before {tuple(round(v, 2) for v in load_before)}, "
+          f"after {tuple(round(v, 2) for v in load_after)}")
+    meta = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "device": args.device, "device_name": device_name(device), "torch": torch.__version__,
+            "transformers": transformers.__version__, "python": platform.python_version(),
+            "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(), "config_name": args.config,
+            "config": spec, "dtype": spec["dtype"], "parameters": params, "vision_parameters": vision_params,
+            "attn_implementation": model.config._attn_implementation, "method": args.method, "layer": args.layer,
+            "new_tokens": args.new_tokens, "repeats": args.repeats, "batch_repeats": args.batch_repeats,
+            "max_batch": args.max_batch, "memory_budget_bytes": budget, "quick": args.quick,
+            "video": {"frames": args.frames, "size": args.video_size, "grid_thw": grids_of(media["video"])},
+            "image": {"size": args.image_size, "grid_thw": grids_of(media["image"])},
+            "memory_note": mem_note, "loadavg_before": load_before, "loadavg_after": load_after,
+            "total_seconds": total, "paper": PAPER, "argv": sys.argv[1:]}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"meta": meta, "rows": rows, "batch": sweeps, "targets": checks,
+                                    "flop_ideal_7b_same_inputs": ideal_7b}, indent=2, default=list) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

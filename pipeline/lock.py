@@ -1,0 +1,86 @@
+"""One run at a time per output directory.
+
+A second run that starts while another holds the output refuses at once, naming the
+holder, rather than waiting: scheduled jobs retry on their next tick, and a person sees
+why. On a local or network filesystem the lock is an exclusive create; a lock whose
+process is gone (same host, dead pid) is taken over. Object stores have no exclusive
+create through pyarrow, so there the lock is best effort (check, then write) and the
+scheduler's own exclusion (CronJob `concurrencyPolicy: Forbid`) is the real guard.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import pyarrow.fs as pafs
+
+from pipeline.storage import resolve
+
+LOCK_NAME = "_lock.json"
+
+
+class OutputLockedError(RuntimeError):
+    """Another run is writing to this output."""
+
+
+def _holder_alive(holder: dict) -> bool:
+    if holder.get("host") != socket.gethostname():
+        return True
+    try:
+        os.kill(int(holder.get("pid", -1)), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _read(fs: pafs.FileSystem, path: str) -> dict:
+    try:
+        with fs.open_input_stream(path) as f:
+            return json.loads(f.read() or b"{}")
+    except (FileNotFoundError, json.JSONDecodeError):
+        return {}
+
+
+@contextmanager
+def output_lock(output: str, run_id: str) -> Iterator[None]:
+    fs, root = resolve(output)
+    fs.create_dir(root, recursive=True)
+    path = f"{root}/{LOCK_NAME}"
+    me = {"run_id": run_id, "pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}
+    blob = json.dumps(me).encode()
+    for _ in range(2):
+        if isinstance(fs, pafs.LocalFileSystem):
+            try:
+                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                holder = _read(fs, path)
+            else:
+                with os.fdopen(fd, "wb") as f:
+                    f.write(blob)
+                break
+        else:
+            holder = _read(fs, path)
+            if not holder:
+                with fs.open_output_stream(path) as f:
+                    f.write(blob)
+                break
+        if holder and _holder_alive(holder):
+            raise OutputLockedError(
+                f"output {output!r} is being written by run {holder.get('run_id')} (pid {holder.get('pid')} on "
+                f"{holder.get('host')}); wait for it to finish, or delete {path} if that run is gone"
+            )
+        fs.delete_file(path)
+    else:
+        raise OutputLockedError(f"could not take the lock {path}: another run took it at the same moment")
+    try:
+        yield
+    finally:
+        if _read(fs, path).get("run_id") == run_id:
+            fs.delete_file(path)

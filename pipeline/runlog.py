@@ -1,0 +1,58 @@
+"""A small log of what each run did, under OUTPUT/_runs/<run id>.json.
+
+Written when a run starts (status "running") and rewritten when it ends ("succeeded",
+"failed" or "stalled", with counts), so a scheduled job's history and a crashed run
+are both visible without reading the results.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+
+import pyarrow.fs as pafs
+
+from pipeline.storage import resolve
+
+RUNS_DIR = "_runs"
+
+
+@dataclass
+class RunRecord:
+    run_id: str
+    fingerprint: str
+    input: str
+    partition: str
+    started: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+    ended: str | None = None
+    status: str = "running"
+    todo: int = 0
+    skipped: int = 0
+    ok: int = 0
+    failed: int = 0
+    error: str | None = None
+
+    def finish(self, status: str, **counts: int | str | None) -> None:
+        self.status = status
+        self.ended = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        for name, value in counts.items():
+            setattr(self, name, value)
+
+
+def write_record(output: str, record: RunRecord) -> None:
+    fs, root = resolve(output.rstrip("/") + "/" + RUNS_DIR)
+    fs.create_dir(root, recursive=True)
+    with fs.open_output_stream(f"{root}/{record.run_id}.json") as f:
+        f.write(json.dumps(asdict(record), indent=1).encode())
+
+
+def read_records(output: str) -> list[dict]:
+    fs, root = resolve(output.rstrip("/") + "/" + RUNS_DIR)
+    infos = fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
+    records = []
+    for info in sorted(infos, key=lambda i: i.path):
+        if info.is_file and info.path.endswith(".json"):
+            with fs.open_input_stream(info.path) as f:
+                records.append(json.loads(f.read()))
+    return records
