@@ -208,6 +208,15 @@ def _ffmpeg_all(ffmpeg: str, uri: str) -> None:
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
+def _ffmpeg_concat(ffmpeg: str, uris: list[str], listing: Path) -> None:
+    """All files through one ffmpeg process (concat demuxer), so process start-up is paid once."""
+    listing.write_text("".join(f"file '{u}'\n" for u in uris))
+    cmd = [ffmpeg, "-nostdin", "-hide_banner", "-loglevel", "error", "-threads", "1", "-filter_threads", "1",
+           "-f", "concat", "-safe", "0", "-i", str(listing), "-f", "rawvideo", "-pix_fmt", "rgb24", "-threads", "1",
+           "-y", os.devnull]
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
 def _timed_pass(fn, uris: list[str], children: bool) -> tuple[float, float, list]:
     cpu = _cpu_children if children else _cpu_self
     w0, c0 = time.perf_counter(), cpu()
@@ -215,7 +224,8 @@ def _timed_pass(fn, uris: list[str], children: bool) -> tuple[float, float, list
     return time.perf_counter() - w0, cpu() - c0, out
 
 
-def decode_bench(videos: list[str], images: list[str], sampling, frames_per_video: int, repeats: int) -> dict:
+def decode_bench(videos: list[str], images: list[str], sampling, frames_per_video: int, repeats: int,
+                 work: Path) -> dict:
     """Single process, one decoder thread; best of `repeats` passes over all files."""
     from pipeline.decode import decode_image, decode_video
 
@@ -250,8 +260,11 @@ def decode_bench(videos: list[str], images: list[str], sampling, frames_per_vide
         best("ffmpeg_all", lambda u: _ffmpeg_all(ffmpeg, u), videos, total_src, total_src, children=True,
              note="ffmpeg -threads 1 -filter_threads 1 -i FILE -f rawvideo -pix_fmt rgb24 -threads 1 -y /dev/null; "
                   "one process per file, start-up included; CPU is the children's user+system time")
+        listing = work / "ffmpeg_concat.txt"
+        best("ffmpeg_concat", lambda batch: _ffmpeg_concat(ffmpeg, batch, listing), [videos], total_src, total_src,
+             children=True, note="the same, all files through one ffmpeg process (-f concat), start-up paid once")
     else:
-        results["ffmpeg_all"] = {"available": False,
+        results["ffmpeg_all"] = results["ffmpeg_concat"] = {"available": False,
                                  "note": "ffmpeg not on PATH: no ffmpeg baseline (apt-get install -y ffmpeg)"}
     if images:
         best("pil_images", lambda u: decode_image(u, sampling).shape[0], images, lambda out: int(sum(out)), 0,
@@ -339,11 +352,13 @@ def ceiling(cfg, rows: list[dict], threads: int) -> dict:
         engine(warm)  # untimed: first-call allocations, thread pool, kernel selection
         warmup_s = time.perf_counter() - t0
         seconds, out = [], []
+        cpu0 = time.process_time()
         for batch in batches:
             t0 = time.perf_counter()
             table = engine(batch)
             seconds.append(time.perf_counter() - t0)
             out.append(table)
+        cpu = time.process_time() - cpu0
         result = pa.concat_tables(out)
         del engine
         gc.collect()
@@ -354,6 +369,7 @@ def ceiling(cfg, rows: list[dict], threads: int) -> dict:
     return {
         "torch_threads": threads, "items": len(rows), "ok": len(ok), "batches": len(batches),
         "model_load_s": load_s, "warmup_call_s": warmup_s, "seconds": total, "batch_seconds": seconds,
+        "cpu_s": cpu, "cpu_per_wall": cpu / total if total > 0 else None,
         "items_per_s": len(rows) / total, "s_per_item": total / len(rows),
         "mean_kept_tokens": float(np.mean(ok["num_kept_tokens"].to_numpy())) if len(ok) else None,
         "mean_visual_tokens": float(np.mean(ok["num_visual_tokens"].to_numpy())) if len(ok) else None,
@@ -372,6 +388,8 @@ def start_ray(show_logs: bool) -> float:
     t0 = time.perf_counter()
     ray.init(num_cpus=os.cpu_count(), include_dashboard=False, logging_level=logging.WARNING, log_to_driver=show_logs)
     ray.data.DataContext.get_current().enable_progress_bars = False
+    if not show_logs:
+        logging.getLogger("ray.data").setLevel(logging.WARNING)
     return time.perf_counter() - t0
 
 
@@ -478,7 +496,8 @@ def render(res: dict) -> str:
     lines += ["", f"{'decode, one process, one decoder thread':<52}{'frames/s':>10}{'frames/CPU-s':>14}{'src fr/CPU-s':>14}"]
     names = {"decord_sampled": f"decord, pipeline sampling ({c['num_frames']} of {c['frames']} out)",
              "decord_all": "decord, all frames", "pyav_all": "PyAV, all frames -> rgb24",
-             "ffmpeg_all": "ffmpeg CLI -threads 1 -> rawvideo rgb24 (+spawn)", "pil_images": "PIL images (decode_image), images"}
+             "ffmpeg_all": "ffmpeg CLI -threads 1 -> rawvideo rgb24, 1 proc/file",
+             "ffmpeg_concat": "ffmpeg CLI, same, all files in 1 process (concat)", "pil_images": "PIL images (decode_image), images"}
     for key, name in names.items():
         d = res["decode"].get(key)
         if d is None:
@@ -488,8 +507,16 @@ def render(res: dict) -> str:
             continue
         lines.append(f"{name:<52}{d['frames_out_per_s']:>10.1f}{_f(d['frames_out_per_cpu_s'], '{:.1f}'):>14}"
                      f"{_f(d['frames_decoded_per_cpu_s'], '{:.1f}'):>14}")
-    lines.append(f"load average before {res['loadavg']['before']}, after {res['loadavg']['after']}; "
-                 f"total {res['runtime_s']:.0f} s")
+    lines.append(f"model-stage CPU/wall in the ceiling: {m['matched']['torch_threads']} thread {_f(m['matched']['cpu_per_wall'])}, "
+                 f"{m['all_cores']['torch_threads']} threads {_f(m['all_cores']['cpu_per_wall'])} (well below the thread "
+                 f"count means the process was starved of CPU)")
+    lines.append(f"load average before {res['loadavg']['before']}, after {res['loadavg']['after']}, by phase (1-min) "
+                 + ", ".join(f"{k.removeprefix('before_')} {v[0]}" for k, v in res['loadavg']['by_phase'].items())
+                 + f"; total {res['runtime_s']:.0f} s")
+    busy = max([res['loadavg']['before'][0]] + [v[0] for v in res['loadavg']['by_phase'].values()])
+    if busy > 0.5 * res["cpu_count"]:
+        lines.append(f"WARNING: other work was running (1-min load up to {busy} on {res['cpu_count']} CPUs); "
+                     "every figure above is pessimistic and less repeatable")
     return "\n".join(lines)
 
 
@@ -512,6 +539,11 @@ def main(argv: list[str] | None = None) -> int:
         from reference.tiny_model import build_tiny_model
 
         phases: dict[str, float] = {}
+        loads: dict[str, list[float]] = {}
+
+        def mark(name: str) -> None:
+            loads[name] = [round(x, 2) for x in os.getloadavg()]
+
         t0 = time.perf_counter()
         rows = make_media(work, args.videos, args.images, args.frames, args.fps)
         phases["make_media_s"] = time.perf_counter() - t0
@@ -528,15 +560,18 @@ def main(argv: list[str] | None = None) -> int:
 
         videos = [r["uri"] for r in rows if r["media_type"] == "video"]
         images = [r["uri"] for r in rows if r["media_type"] == "image"]
+        mark("before_decode")
         t0 = time.perf_counter()
-        decode = decode_bench(videos, images, cfg.sampling, args.frames, args.decode_repeats)
+        decode = decode_bench(videos, images, cfg.sampling, args.frames, args.decode_repeats, work)
         phases["decode_bench_s"] = time.perf_counter() - t0
         print("[bench] decode done", flush=True)
 
+        mark("before_prepare")
         t0 = time.perf_counter()
         prepared, prep = prepare_rows(cfg, rows)
         phases["prepare_s"] = time.perf_counter() - t0
         matched_threads = max(1, int(cfg.cpus_per_model_actor))
+        mark("before_ceiling")
         t0 = time.perf_counter()
         matched = ceiling(cfg, prepared, matched_threads)
         all_cores = ceiling(cfg, prepared, cpu_count) if cpu_count != matched_threads else matched
@@ -547,6 +582,7 @@ def main(argv: list[str] | None = None) -> int:
 
         import ray
 
+        mark("before_e2e")
         t0 = time.perf_counter()
         init_s = start_ray(args.ray_logs)
         try:
@@ -555,6 +591,7 @@ def main(argv: list[str] | None = None) -> int:
             warm = run_e2e(cfg.model_copy(update={"input": str(warm_manifest), "output": str(work / "warm-out")}))
             warm_s = time.perf_counter() - tw
             print(f"[bench] ray up ({init_s:.1f} s), warm-up run {warm_s:.1f} s", flush=True)
+            mark("before_e2e_measured_run")
             e2e = run_e2e(cfg)
         finally:
             ray.shutdown()
@@ -585,7 +622,8 @@ def main(argv: list[str] | None = None) -> int:
                 "pipeline_config": json.loads(cfg.model_dump_json()),
             },
             "versions": versions(),
-            "loadavg": {"before": [round(x, 2) for x in load_before], "after": [round(x, 2) for x in os.getloadavg()]},
+            "loadavg": {"before": [round(x, 2) for x in load_before], "after": [round(x, 2) for x in os.getloadavg()],
+                        "by_phase": loads},
             "phases_s": phases,
             "preprocess_per_item": prep,
             "model_stage": {"matched": matched, "all_cores": all_cores},

@@ -18,14 +18,14 @@ from pipeline.decode import decode_row
 from pipeline.engine import ModelEngine
 from pipeline.fingerprint import new_run_id, run_fingerprint
 from pipeline.manifest import ManifestError, read_manifest
+from pipeline.lock import output_lock
 from pipeline.metrics import labels
 from pipeline.preprocess import preprocess_row
-from pipeline.lock import output_lock
 from pipeline.progress import ProgressBoard, ProgressDisplay, StallError, diagnose, watched
-from pipeline.runlog import RunRecord, write_record
 from pipeline.pushgateway import JobSummary, push_summary
-from pipeline.stages import run_stage
+from pipeline.runlog import RunRecord, write_record
 from pipeline.sink import RESULTS_DIR, Summary, fill_missing, plan_resume, read_results, reconcile, subdir, summarise, write_batch
+from pipeline.stages import run_stage
 
 
 @dataclass(frozen=True)
@@ -51,7 +51,6 @@ def ensure_ray(metrics_port: int | None = None) -> None:
         ray.init(address=os.environ["RAY_ADDRESS"], logging_level=logging.WARNING)
     else:
         ray.init(include_dashboard=False, logging_level=logging.WARNING, _metrics_export_port=metrics_port)
-    ray.data.DataContext.get_current().enable_progress_bars = False
 
 
 def blocks_of(manifest: pa.Table, target_blocks: int = 200, max_rows: int = 64) -> list[pa.Table]:
@@ -96,6 +95,7 @@ def build_dataset(cfg: PipelineConfig, todo: pa.Table, run_id: str, fingerprint:
 def _execute(cfg: PipelineConfig, todo: pa.Table, run_id: str, fingerprint: str, partition: str,
              metrics_port: int | None, progress_stream) -> None:
     ensure_ray(metrics_port)
+    ray.data.DataContext.get_current().enable_progress_bars = False  # ours shows items, with the ETA
     board = ProgressBoard.remote()
     display = ProgressDisplay(len(todo), stream=progress_stream)
     batches = build_dataset(cfg, todo, run_id, fingerprint, partition, board).iter_batches(batch_size=None, batch_format="pyarrow")
