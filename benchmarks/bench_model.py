@@ -447,6 +447,14 @@ def add_speedups(rows: list[dict]) -> None:
         row["measured_over_ideal_min"] = row["prefill_speedup_min"] / row["flop_ideal"]
         row["after_k_speedup"] = base["after_k_s"] / row["after_k_s"] if row["after_k_s"] > 0 else float("nan")
         row["after_k_flop_ideal"] = base["flops"]["after_k"] / row["flops"]["after_k"]
+        # The FLOP ideal weighted by where the unpruned model's time actually goes: the vision
+        # encoder, layers < K and the rest at their measured time, layers >= K shrunk by their
+        # FLOP ratio. It differs from the FLOP ideal when the unprunable parts run at a
+        # different speed per FLOP than the decoder layers do.
+        shrink = base["at_k_s"] + base["after_k_s"]
+        ideal_s = base["prefill_s"] - shrink + shrink / row["after_k_flop_ideal"]
+        row["time_weighted_ideal"] = base["prefill_s"] / ideal_s
+        row["measured_over_time_weighted_ideal"] = row["prefill_speedup"] / row["time_weighted_ideal"]
 
 
 def batch_sweep(model, handle, encoded, args, device, budget: int) -> list[dict]:
@@ -564,7 +572,7 @@ def main() -> None:
     parser.add_argument("--config", choices=tuple(CONFIGS), default=None,
                         help="default: mid on CPU, 7b on CUDA (7b is bf16, GPU only)")
     parser.add_argument("--new-tokens", type=int, default=16)
-    parser.add_argument("--repeats", type=int, default=None, help="timed runs per cell (default 3; --quick: 1)")
+    parser.add_argument("--repeats", type=int, default=None, help="timed runs per cell (default 5; --quick: 1)")
     parser.add_argument("--quick", action="store_true", help="one timed run per cell, batch sweep to 2")
     parser.add_argument("--method", default="iwp")
     parser.add_argument("--layer", type=int, default=2, help="decoder layer K where tokens are pruned")
@@ -572,7 +580,7 @@ def main() -> None:
     parser.add_argument("--video-size", type=parse_size, default=(336, 336), help="HxW per frame (multiples of 28)")
     parser.add_argument("--image-size", type=parse_size, default=(672, 672), help="HxW (multiples of 28)")
     parser.add_argument("--max-batch", type=int, default=None, help="batch sweep cap (default: CPU 4, --quick 2; CUDA 256)")
-    parser.add_argument("--batch-repeats", type=int, default=None, help="timed runs per batch size (default 2; --quick 1)")
+    parser.add_argument("--batch-repeats", type=int, default=None, help="timed runs per batch size (default 3; --quick 1)")
     parser.add_argument("--memory-budget-gb", type=float, default=None,
                         help="memory budget for the batch sweep (default: CPU 8; CUDA the device's memory)")
     parser.add_argument("--no-batch", action="store_true", help="skip the batch throughput sweep")
@@ -587,8 +595,8 @@ def main() -> None:
         parser.error("--config 7b is bf16 and about 17 GB of weights: GPU only")
     if args.frames < 16:
         print(f"note: {args.frames} frames; the issue asks for 16+", file=sys.stderr)
-    args.repeats = args.repeats or (1 if args.quick else 3)
-    args.batch_repeats = args.batch_repeats or (1 if args.quick else 2)
+    args.repeats = args.repeats or (1 if args.quick else 5)
+    args.batch_repeats = args.batch_repeats or (1 if args.quick else 3)
     args.max_batch = args.max_batch or (256 if device.type == "cuda" else 2 if args.quick else 4)
     if args.memory_budget_gb is not None:
         budget = int(args.memory_budget_gb * 2**30)
@@ -651,13 +659,15 @@ def main() -> None:
         print(f"paper vs ours ({kind}, 11.1%): prefill {p0:.2f} -> {p1:.2f} s ({p0 / p1:.2f}x) vs "
               f"{base['prefill_s']:.3f} -> {row['prefill_s']:.3f} s ({row['prefill_speedup']:.2f}x); "
               f"e2e {e0:.2f} -> {e1:.2f} s ({e0 / e1:.2f}x) vs {base['e2e_s']:.3f} -> {row['e2e_s']:.3f} s "
-              f"({row['e2e_speedup']:.2f}x); FLOP ideal {row['flop_ideal']:.2f}x prefill, "
+              f"({row['e2e_speedup']:.2f}x, best-of {row['e2e_speedup_min']:.2f}x); FLOP ideal {row['flop_ideal']:.2f}x prefill, "
               f"{row['flop_ideal_e2e']:.2f}x e2e; vision {base['vision_s'] / base['prefill_s'] * 100:.0f}% of "
               f"the unpruned prefill's time, {base['flops']['vision'] / base['flops']['prefill'] * 100:.0f}% of its FLOPs")
         ok = row["measured_over_ideal"] >= TARGET_PREFILL_OF_IDEAL
         checks.append({"target": f"{kind} 11.1%: measured prefill speedup >= {TARGET_PREFILL_OF_IDEAL} x FLOP ideal",
                        "measured": row["prefill_speedup"], "ideal": row["flop_ideal"],
-                       "value": row["measured_over_ideal"], "pass": ok})
+                       "value": row["measured_over_ideal"], "pass": ok,
+                       "value_best_of_repeats": row["measured_over_ideal_min"],
+                       "measured_over_time_weighted_ideal": row["measured_over_time_weighted_ideal"]})
         print(f"target {kind} 11.1%: prefill {row['prefill_speedup']:.2f}x / ideal {row['flop_ideal']:.2f}x = "
               f"{row['measured_over_ideal']:.2f} (>= {TARGET_PREFILL_OF_IDEAL}): {'PASS' if ok else 'FAIL'}; "
               f"best-of-{args.repeats}: {row['prefill_speedup_min']:.2f}x = {row['measured_over_ideal_min']:.2f}")
@@ -666,7 +676,8 @@ def main() -> None:
               f"layer K (selection included) {base['at_k_s']:.3f} -> {row['at_k_s']:.3f} s, layers > K "
               f"{base['after_k_s']:.3f} -> {row['after_k_s']:.3f} s ({row['after_k_speedup']:.2f}x, FLOP ideal "
               f"{row['after_k_flop_ideal']:.2f}x), rest (embedding, rope index, masks, lm_head) "
-              f"{_rest(base):.3f} -> {_rest(row):.3f} s")
+              f"{_rest(base):.3f} -> {_rest(row):.3f} s; the FLOP ideal weighted by the unpruned time split is "
+              f"{row['time_weighted_ideal']:.2f}x, measured/that = {row['measured_over_time_weighted_ideal']:.2f}")
     if sweeps:
         unpruned, pruned = sweeps
         for s in sweeps:
@@ -677,6 +688,9 @@ def main() -> None:
             ok = ratio >= TARGET_THROUGHPUT
             capped = "--max-batch" in str(unpruned["stopped_by"]) and "--max-batch" in str(pruned["stopped_by"])
             note = " (both sweeps stopped at the batch cap, not at memory: a same-batch ratio)" if capped else ""
+            e2e_ideal = next(r["flop_ideal_e2e"] for r in rows if r["media"] == "video" and r["keep_ratio"] == TARGET_RATIO)
+            note += (f"; the same-batch e2e FLOP ideal is {e2e_ideal:.2f}x, so more than that needs a larger batch "
+                     "than the unpruned model fits")
             print(f"target video 11.1%: items/s at largest batch {pruned['items_per_s']:.3f} (batch "
                   f"{pruned['largest_batch']}) / unpruned {unpruned['items_per_s']:.3f} (batch "
                   f"{unpruned['largest_batch']}) = {ratio:.2f}x (>= {TARGET_THROUGHPUT}): "
@@ -704,6 +718,12 @@ def main() -> None:
 
     total = time.perf_counter() - started
     load_after = os.getloadavg()
+    if device.type == "cpu":
+        seen = [load_before[0], load_after[0]] + [l[0] for r in rows for l in r["loadavg"]]
+        if max(seen) > (os.cpu_count() or 1):
+            print(f"WARNING: the 1-minute load average reached {max(seen):.1f} on {os.cpu_count()} CPUs during the run: "
+                  "other work was competing for the cores, so timings are inflated and noisy (see *_s_all and "
+                  "loadavg in the JSON); the best-of numbers are the more reliable ones")
     print(f"total {total:.0f} s; load average before {tuple(round(v, 2) for v in load_before)}, "
           f"after {tuple(round(v, 2) for v in load_after)}")
     meta = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

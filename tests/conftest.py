@@ -84,7 +84,13 @@ def ray_cluster():
     ray_bin = str(Path(sys.executable).with_name("ray"))
 
     def start(nodes: int = 2, metrics_ports: tuple[int, ...] = ()) -> tuple[str, dict[str, str]]:
-        ports = [[f"--metrics-export-port={p}"] for p in metrics_ports] + [[]] * nodes
+        metrics = list(metrics_ports) + [free_port() for _ in range(nodes - len(metrics_ports))]
+        # Every node gets free ports: Ray's fixed defaults (dashboard agent 52365, client server
+        # 10001) clash with any other Ray instance on this machine.
+        ports = [[f"--metrics-export-port={metrics[i]}", f"--dashboard-agent-listen-port={free_port()}",
+                  f"--dashboard-agent-grpc-port={free_port()}", f"--runtime-env-agent-port={free_port()}"]
+                 for i in range(nodes)]
+        ports[0].append(f"--ray-client-server-port={free_port()}")
         port = free_port()
         temp_dir = tempfile.mkdtemp(prefix="ray-", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
         dirs.append(temp_dir)
@@ -92,12 +98,19 @@ def ray_cluster():
         head = [ray_bin, "start", "--head", f"--port={port}", "--include-dashboard=false", f"--temp-dir={temp_dir}", *ports[0]]
         procs.append(subprocess.Popen(head + common, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                       start_new_session=True))
-        time.sleep(8)
         for i in range(1, nodes):
             procs.append(subprocess.Popen([ray_bin, "start", f"--address=127.0.0.1:{port}", *ports[i], *common], env=env,
                                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True))
-        time.sleep(6 if nodes > 1 else 0)
-        return f"127.0.0.1:{port}", {**env, "RAY_ADDRESS": f"127.0.0.1:{port}"}
+        cluster_env = {**env, "RAY_ADDRESS": f"127.0.0.1:{port}"}
+        count = "import ray; ray.init(logging_level='ERROR'); print(sum(n['Alive'] for n in ray.nodes()))"
+        deadline = time.monotonic() + 120
+        while True:
+            alive = subprocess.run([sys.executable, "-c", count], env=cluster_env, capture_output=True, text=True, timeout=120)
+            if alive.stdout.strip().splitlines()[-1:] == [str(nodes)]:
+                return f"127.0.0.1:{port}", cluster_env
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the Ray cluster did not reach {nodes} live nodes: {alive.stdout[-500:]} {alive.stderr[-1500:]}")
+            time.sleep(2)
 
     yield start
     for proc in reversed(procs):
