@@ -19,13 +19,19 @@ visual tokens (100 % = pruning disabled, the plain model), this measures
 
 and, for the video, end-to-end items/s at the largest batch that fits the memory budget,
 for the unpruned model and at 11.1 %. Timings are medians of ``--repeats`` runs after one
-warm-up run (``torch.cuda.synchronize`` around every timed region on CUDA).
+warm-up run (``torch.cuda.synchronize`` around every timed region on CUDA); the keep ratios
+are interleaved run by run, so load from other work falls on all of them alike, and a
+second table gives each cell's fastest run (other work only ever adds time). The prefill
+runs also time the decoder layers before K, at K (selection included) and after K, to show
+where a shortfall against the FLOP ideal comes from. The load average is saved per run.
 
 Models are built in memory with random weights (no download): ``--config mid`` is a
-mid-size configuration for a CPU (fp32) whose proportions follow the real model (the LLM
-dominates; the vision encoder costs about half of what the LLM does per visual token;
-GQA; windowed vision attention); ``--config 7b`` is the real Qwen2.5-VL-7B-Instruct
-configuration in bf16, for a GPU. Inputs are random-pixel frames encoded by a real
+mid-size configuration for a CPU (fp32, 43 M parameters) whose proportions follow the real
+model: the LLM dominates, the vision encoder is 29 % of the default video's prefill FLOPs
+(28 % for the real 7B), GQA, windowed vision attention with full-attention blocks. With 10
+decoder layers, K = 2 leaves a larger share at full length than in the 28-layer 7B, so its
+FLOP ideal is lower (printed beside it: the 7B's ideal for the same inputs). ``--config 7b``
+is the real Qwen2.5-VL-7B-Instruct configuration in bf16, for a GPU. Inputs are random-pixel frames encoded by a real
 Qwen2.5-VL processor (word-level tokenizer from ``reference.tiny_model``). Random weights
 give meaningless tokens but the same amount of work; ``min_new_tokens`` forces every run
 to N new tokens.
@@ -49,7 +55,9 @@ run short) or until the measured peak, or the peak predicted for the next doubli
 stopped each sweep; on CPU with the defaults that is the batch cap, not memory.
 
 Usage: ``python benchmarks/bench_model.py [--device cpu|cuda] [--config mid|7b] [--quick]
-[--new-tokens 16] [--repeats R] [--out PATH]``.
+[--new-tokens 16] [--repeats R] [--max-batch B] [--memory-budget-gb G] [--threads T] [--out PATH]``
+(``--help`` for the rest). Defaults: CPU ~3-4 min on 2 idle cores (``--quick`` under 1 min);
+on a busy machine much longer, since two OpenMP threads stall whenever one is descheduled.
 """
 
 from __future__ import annotations
@@ -422,6 +430,7 @@ def measure_media(model, handle, timer, encoded, kind: str, args, device, spec) 
         visual, kept = c["visual"]
         flops = flop_model(spec, grids_of(encoded), length, visual, kept, args.layer, args.new_tokens)
         stages = {f"{k}_s": statistics.median(s[k] for s in c["stages"]) for k in StageTimer.STAGES}
+        stages["vision_s_min"] = min(s["vision"] for s in c["stages"])
         rows.append({"media": kind, "keep_ratio": ratio, "prompt_tokens": length, "visual_tokens": visual,
                      "visual_kept": kept, "kept_length": flops["kept_length"], **stages,
                      "prefill_s": statistics.median(c["prefill"]), "prefill_s_min": min(c["prefill"]),
@@ -517,21 +526,24 @@ def batch_sweep(model, handle, encoded, args, device, budget: int) -> list[dict]
         fitting = [r for r in arm["runs"] if r.get("fits")]
         arm["largest_batch"] = fitting[-1]["batch"] if fitting else None
         arm["items_per_s"] = fitting[-1]["items_per_s"] if fitting else None
+        arm["items_per_s_best"] = fitting[-1]["batch"] / min(fitting[-1]["seconds_all"]) if fitting else None
         arm["best_items_per_s"] = max((r["items_per_s"] for r in fitting), default=None)
         out.append(arm)
     return out
 
 
-def table(rows: list[dict], mem_label: str) -> str:
+def table(rows: list[dict], mem_label: str, best: bool = False) -> str:
+    """The table from medians, or with `best` from each cell's fastest run (speedups from those too)."""
+    m = "_min" if best else ""
     head = (f"{'media':6} {'keep':>6} {'visual kept':>12} {'vision s':>9} {'prefill s':>10} {'e2e s':>8} "
             f"{mem_label:>18} {'prefill x':>10} {'FLOP ideal':>11} {'meas/ideal':>11} {'e2e x':>7}")
     lines = [head, "-" * len(head)]
     for r in rows:
         mem = f"{r['memory']['peak'] / 2**20:.0f} (+{r['memory']['extra'] / 2**20:.0f})"
         lines.append(f"{r['media']:6} {r['keep_ratio'] * 100:5.1f}% {r['visual_kept']:>5}/{r['visual_tokens']:<6} "
-                     f"{r['vision_s']:9.3f} {r['prefill_s']:10.3f} {r['e2e_s']:8.3f} {mem:>18} "
-                     f"{r['prefill_speedup']:9.2f}x {r['flop_ideal']:10.2f}x {r['measured_over_ideal']:11.2f} "
-                     f"{r['e2e_speedup']:6.2f}x")
+                     f"{r['vision_s' + m]:9.3f} {r['prefill_s' + m]:10.3f} {r['e2e_s' + m]:8.3f} {mem:>18} "
+                     f"{r['prefill_speedup' + m]:9.2f}x {r['flop_ideal']:10.2f}x {r['measured_over_ideal' + m]:11.2f} "
+                     f"{r['e2e_speedup' + m]:6.2f}x")
     return "\n".join(lines)
 
 
@@ -584,10 +596,15 @@ def main() -> None:
     parser.add_argument("--memory-budget-gb", type=float, default=None,
                         help="memory budget for the batch sweep (default: CPU 8; CUDA the device's memory)")
     parser.add_argument("--no-batch", action="store_true", help="skip the batch throughput sweep")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU threads for torch (default: torch's own choice, one per core); on a machine "
+                             "shared with other work, 1 avoids OpenMP threads waiting on a descheduled partner")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "bench_model.json")
     args = parser.parse_args()
 
     device = torch.device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if device.type == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device")
     args.config = args.config or ("7b" if device.type == "cuda" else "mid")
@@ -649,8 +666,14 @@ def main() -> None:
                 if device.type == "cpu" else "peak = torch.cuda.max_memory_allocated during one generate call, "
                                              "+extra = above the allocation before it")
     print(f"({mem_note})")
+    if args.repeats > 1:
+        print(f"the same cells from the fastest of the {args.repeats} runs of each (other work on the machine only "
+              "ever adds time):")
+        print(table(rows, mem_label, best=True))
 
     checks = []
+    if args.repeats == 1:
+        print("(one timed run per cell: a smoke test, too noisy for the verdicts below to mean much)")
     for kind in ("video", "image"):
         base = next(r for r in rows if r["media"] == kind and r["keep_ratio"] >= 1.0)
         row = next(r for r in rows if r["media"] == kind and r["keep_ratio"] == TARGET_RATIO)
@@ -663,14 +686,16 @@ def main() -> None:
               f"{row['flop_ideal_e2e']:.2f}x e2e; vision {base['vision_s'] / base['prefill_s'] * 100:.0f}% of "
               f"the unpruned prefill's time, {base['flops']['vision'] / base['flops']['prefill'] * 100:.0f}% of its FLOPs")
         ok = row["measured_over_ideal"] >= TARGET_PREFILL_OF_IDEAL
+        ok_best = row["measured_over_ideal_min"] >= TARGET_PREFILL_OF_IDEAL
         checks.append({"target": f"{kind} 11.1%: measured prefill speedup >= {TARGET_PREFILL_OF_IDEAL} x FLOP ideal",
                        "measured": row["prefill_speedup"], "ideal": row["flop_ideal"],
                        "value": row["measured_over_ideal"], "pass": ok,
-                       "value_best_of_repeats": row["measured_over_ideal_min"],
+                       "value_best_of_repeats": row["measured_over_ideal_min"], "pass_best_of_repeats": ok_best,
                        "measured_over_time_weighted_ideal": row["measured_over_time_weighted_ideal"]})
         print(f"target {kind} 11.1%: prefill {row['prefill_speedup']:.2f}x / ideal {row['flop_ideal']:.2f}x = "
-              f"{row['measured_over_ideal']:.2f} (>= {TARGET_PREFILL_OF_IDEAL}): {'PASS' if ok else 'FAIL'}; "
-              f"best-of-{args.repeats}: {row['prefill_speedup_min']:.2f}x = {row['measured_over_ideal_min']:.2f}")
+              f"{row['measured_over_ideal']:.3f} (>= {TARGET_PREFILL_OF_IDEAL}): {'PASS' if ok else 'FAIL'}; "
+              f"fastest of {args.repeats}: {row['prefill_speedup_min']:.2f}x = {row['measured_over_ideal_min']:.3f} "
+              f"{'PASS' if ok_best else 'FAIL'}")
         print(f"  where the prefill time went ({kind}, 100% -> 11.1%): vision {base['vision_s']:.3f} -> "
               f"{row['vision_s']:.3f} s, layers < K {base['before_k_s']:.3f} -> {row['before_k_s']:.3f} s, "
               f"layer K (selection included) {base['at_k_s']:.3f} -> {row['at_k_s']:.3f} s, layers > K "
@@ -682,21 +707,26 @@ def main() -> None:
         unpruned, pruned = sweeps
         for s in sweeps:
             print(f"batch throughput keep {s['keep_ratio'] * 100:.1f}%: largest batch that ran within the budget "
-                  f"{s['largest_batch']} -> {s['items_per_s'] or 0:.3f} items/s; sweep stopped by: {s['stopped_by']}")
+                  f"{s['largest_batch']} -> {s['items_per_s'] or 0:.3f} items/s (fastest run "
+                  f"{s['items_per_s_best'] or 0:.3f}); sweep stopped by: {s['stopped_by']}")
         if unpruned["items_per_s"] and pruned["items_per_s"]:
             ratio = pruned["items_per_s"] / unpruned["items_per_s"]
-            ok = ratio >= TARGET_THROUGHPUT
+            ratio_best = pruned["items_per_s_best"] / unpruned["items_per_s_best"]
+            ok, ok_best = ratio >= TARGET_THROUGHPUT, ratio_best >= TARGET_THROUGHPUT
             capped = "--max-batch" in str(unpruned["stopped_by"]) and "--max-batch" in str(pruned["stopped_by"])
-            note = " (both sweeps stopped at the batch cap, not at memory: a same-batch ratio)" if capped else ""
+            note = " Both sweeps stopped at the batch cap, not at memory: a same-batch ratio." if capped else ""
             e2e_ideal = next(r["flop_ideal_e2e"] for r in rows if r["media"] == "video" and r["keep_ratio"] == TARGET_RATIO)
-            note += (f"; the same-batch e2e FLOP ideal is {e2e_ideal:.2f}x, so more than that needs a larger batch "
-                     "than the unpruned model fits")
+            note += (f" The same-batch e2e FLOP ideal is {e2e_ideal:.2f}x; more than that needs a larger batch "
+                     "than the unpruned model fits.")
+            if ok != ok_best:
+                note += " The median and the fastest runs disagree: noise from other work, not a verdict."
             print(f"target video 11.1%: items/s at largest batch {pruned['items_per_s']:.3f} (batch "
                   f"{pruned['largest_batch']}) / unpruned {unpruned['items_per_s']:.3f} (batch "
-                  f"{unpruned['largest_batch']}) = {ratio:.2f}x (>= {TARGET_THROUGHPUT}): "
-                  f"{'PASS' if ok else 'FAIL'}{note}")
+                  f"{unpruned['largest_batch']}) = {ratio:.2f}x (>= {TARGET_THROUGHPUT}): {'PASS' if ok else 'FAIL'}; "
+                  f"fastest runs: {ratio_best:.2f}x {'PASS' if ok_best else 'FAIL'}.{note}")
             checks.append({"target": f"video 11.1%: e2e items/s at largest fitting batch >= {TARGET_THROUGHPUT} x "
                                      "unpruned at its own largest batch", "value": ratio, "pass": ok,
+                           "value_best_of_repeats": ratio_best, "pass_best_of_repeats": ok_best,
                            "batch_limited_by_cap": capped})
 
     # For comparison: the FLOP ideal the real 7B configuration would have on these same inputs.
@@ -723,7 +753,9 @@ def main() -> None:
         if max(seen) > (os.cpu_count() or 1):
             print(f"WARNING: the 1-minute load average reached {max(seen):.1f} on {os.cpu_count()} CPUs during the run: "
                   "other work was competing for the cores, so timings are inflated and noisy (see *_s_all and "
-                  "loadavg in the JSON); the best-of numbers are the more reliable ones")
+                  "loadavg in the JSON); the best-of numbers are the more reliable ones"
+                  + ("; --threads 1 avoids the OpenMP threads waiting on each other" if torch.get_num_threads() > 1
+                     else ""))
     print(f"total {total:.0f} s; load average before {tuple(round(v, 2) for v in load_before)}, "
           f"after {tuple(round(v, 2) for v in load_after)}")
     meta = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

@@ -2,9 +2,10 @@
 
 On media generated into a temporary directory (H.264 mp4s and PNGs from
 `reference.media`) and a saved, randomly initialised Qwen2.5-VL from
-`reference.tiny_model` (made bigger than the test model with --hidden/--layers, so
-that the model's time per item is comparable to decode + preprocess; the output says
-what the ratio came out as), this measures:
+`reference.tiny_model` (made bigger than the test model with --hidden/--layers: the
+default 128 x 8 layers makes the model stage cost roughly 4x decode + preprocess per
+item on these clips, so the model is the bottleneck stage, as it is on a GPU, but decode
+is far from free; the output prints the measured ratio), this measures:
 
 1. Ceiling: in this one process, without Ray, every item is decoded and preprocessed
    first with the pipeline's own per-row functions (`decode_row`, `preprocess_row`,
@@ -14,21 +15,24 @@ what the ratio came out as), this measures:
    the numpy-dict format Ray Data hands it (one array per column, as `_rows` parses),
    with one untimed warm-up call first. It runs with as many torch threads as the
    model actor gets inside Ray (Ray sets OMP_NUM_THREADS to the actor's `num_cpus`;
-   the benchmark checks this in a Ray task), which is the matched ceiling, and again
-   with all cores, the machine's ceiling for the model alone.
+   the benchmark checks this in a Ray task), which is the matched ceiling; with
+   --all-cores-ceiling also with every core (the machine's ceiling for the model
+   alone; off by default, as OpenMP threads make it slow and erratic whenever other
+   work shares the CPUs).
 2. End to end: `run_pipeline(PipelineConfig(...))` on a local Ray instance started
    here (`ray.init(num_cpus=os.cpu_count(), include_dashboard=False)`). A small
    warm-up manifest runs first so Ray, its worker pool and their imports are up. The
-   measured run is then reported two ways:
+   measured run is then reported three ways:
    - all-in: `RunReport.items_per_s` (manifest read, the model actor's process start
      and model load, every batch, the final reconcile);
    - model stage after its first call: items the model finished after its first
      call ÷ time from that call's end to the last call's end, read by polling the
-     run's `ProgressBoard` every 0.25 s (its handle is kept by wrapping
+     run's `ProgressBoard` every 0.1 s (its handle is kept by wrapping
      `pipeline.run.ProgressBoard` in this process). This leaves out Ray Data's
      start, the model actor's process start, model load and the first call; it is
      slightly optimistic when decode is the slower stage, since decode runs ahead
-     while the model loads;
+     while the model loads. It is split at the moment preprocessing finished: the
+     model's rate while decode/preprocess tasks still shared the CPUs, and after;
    - output side: items after the first output batch ÷ time from the first to the
      last output batch reaching the driver (`pipeline.run.ProgressDisplay` wrapped
      likewise). Ray Data delivers output in bursts (the write tasks wait for CPU on a
@@ -36,18 +40,23 @@ what the ratio came out as), this measures:
    Efficiency = e2e items/s ÷ matched-ceiling items/s; the target is >= 0.9 once
    decode has enough CPU. On a machine with few cores, decode, preprocess, Ray's own
    processes and the model share the same CPUs (with 2 cores, Ray gives the model
-   actor one and the decode/preprocess tasks the other), so the target is not
-   expected to be met there; the table gives the figures needed to see why.
+   actor one and the decode/preprocess tasks the other), so the target may not be met
+   there; the table gives the figures needed to see why (the stage timeline, whether
+   the model ever waited for input, and the load average by phase: other work on the
+   machine makes every figure pessimistic).
 3. Decode: frames/s on the generated videos in one process with one decoder thread:
    decord with the pipeline's sampling (`decode_video`), decord decoding all frames,
    PyAV decoding all frames to rgb24, and the `ffmpeg` CLI decoding the same files to
    raw rgb24 frames (`-threads 1` before `-i`, so the decoder itself is single
-   threaded; process start is included). "Per core" is frames per CPU-second of the
-   decoding process (ffmpeg: of the child process). If `ffmpeg` is not on PATH that
+   threaded), once per file (process start included) and once for all files in one
+   process (concat demuxer). "Per core" is frames per CPU-second of the decoding
+   process (ffmpeg: of the child processes), which other load on the machine affects
+   far less than frames per wall-second. If `ffmpeg` is not on PATH that
    row says so instead of failing. PIL image decode (`decode_image`) is reported too.
 
 Usage: ``python benchmarks/bench_pipeline.py [--quick] [--videos N] [--images M] [--frames F]
-[--hidden H] [--layers L] [--out PATH]``. Prints a table and writes JSON (config,
+[--hidden H] [--layers L] [--rows-per-call R] [--all-cores-ceiling] [--out PATH]``
+(default about 3 minutes on 2 cores, --quick under a minute). Prints a table and writes JSON (config,
 versions, date, load averages, all numbers) to benchmarks/results/bench_pipeline.json.
 """
 
@@ -87,8 +96,8 @@ IMAGE_SIZE = (240, 320)
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="small run, about a minute on 2 cores")
-    p.add_argument("--videos", type=int, help="videos to generate (default 72, quick 18)")
-    p.add_argument("--images", type=int, help="images to generate (default 24, quick 6)")
+    p.add_argument("--videos", type=int, help="videos to generate (default 144, quick 18)")
+    p.add_argument("--images", type=int, help="images to generate (default 48, quick 6)")
     p.add_argument("--frames", type=int, default=64, help="frames per generated video (default 64)")
     p.add_argument("--fps", type=int, default=16, help="frame rate of the generated videos")
     p.add_argument("--hidden", type=int, default=128, help="LM hidden size of the random model (multiple of 16)")
@@ -97,19 +106,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="rows per model-actor call, e2e and ceiling alike (default 16 = the pipeline's; quick 8, so "
                         "that its few items still give 3 output batches)")
     p.add_argument("--max-new-tokens", type=int, default=32)
-    p.add_argument("--decode-repeats", type=int, help="passes over the videos per decoder, best kept (default 3, quick 1)")
+    p.add_argument("--decode-repeats", type=int, help="passes over the videos per decoder, best kept (default 2, quick 1)")
     p.add_argument("--all-cores-ceiling", action="store_true",
                    help="also time the ceiling with torch using every core (slow and erratic when other work shares "
-                        "the CPUs: OpenMP threads then wait on each other)")
+                        "the CPUs: OpenMP threads then spin-wait on each other; OMP_WAIT_POLICY=PASSIVE helps)")
     p.add_argument("--warmup-items", type=int, default=4, help="items in the e2e warm-up manifest")
     p.add_argument("--ray-logs", action="store_true", help="show Ray worker logs on the driver")
     p.add_argument("--workdir", type=Path, help="keep media, model and outputs here instead of a temp dir")
     p.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "bench_pipeline.json")
     args = p.parse_args(argv)
-    args.videos = args.videos if args.videos is not None else (18 if args.quick else 72)
-    args.images = args.images if args.images is not None else (6 if args.quick else 24)
+    args.videos = args.videos if args.videos is not None else (18 if args.quick else 144)
+    args.images = args.images if args.images is not None else (6 if args.quick else 48)
     args.rows_per_call = args.rows_per_call or (8 if args.quick else 16)
-    args.decode_repeats = args.decode_repeats or (1 if args.quick else 3)
+    args.decode_repeats = args.decode_repeats or (1 if args.quick else 2)
     if args.hidden % 16:
         p.error("--hidden must be a multiple of 16 (the tiny model's head size is 16)")
     if args.videos < 1 or args.images < 0 or args.frames < 2:
@@ -428,7 +437,7 @@ class BoardPoller:
     (to within `interval`), unaffected by when Ray Data gets the results to the driver.
     """
 
-    def __init__(self, interval: float = 0.25):
+    def __init__(self, interval: float = 0.1):
         self.interval, self.samples, self.error = interval, [], None
         self._handle, self._stop = None, None
 
@@ -519,8 +528,29 @@ def run_e2e(cfg) -> dict:
     timeline = _stage_timeline(poller.samples, t0, total)
     out["stages"] = timeline
     out["board_poll_error"] = poller.error
-    model = timeline["model"]["changes"]
+    model = list(timeline["model"]["changes"])
     out["first_model_batch_s"] = model[0][0] if model else None
+    out["model_end_from_output"] = bool(events) and (not model or model[-1][1] < total)
+    if out["model_end_from_output"]:
+        # The board is killed as the run ends, so the model's last call can finish after the last
+        # poll; the last output batch's arrival (a little later, so pessimistic) stands in for it.
+        model.append((events[-1][0] - t0, total))
+    # Did the model ever wait for input? The backlog is rows preprocessed but not yet through the
+    # model, sampled from its first finished call until preprocessing ended (0 there = starved).
+    backlog = [d.get("preprocess", 0) - d.get("model", 0) for t, d in poller.samples
+               if model and t - t0 >= model[0][0] and d.get("preprocess", 0) < total]
+    out["min_backlog_while_preprocessing"] = min(backlog) if backlog else None
+    pre_done = timeline["preprocess"]["all_done_s"]
+    out["cpu_stages_items_per_s"] = total / pre_done if pre_done else None
+    # The model stage's rate while decode/preprocess tasks still compete for the CPUs, and after.
+    out["steady_during_cpu_stages_items_per_s"] = out["steady_after_cpu_stages_items_per_s"] = None
+    if pre_done is not None and len(model) >= 2:
+        during = [p for p in model if p[0] <= pre_done]
+        if len(during) >= 2:
+            out["steady_during_cpu_stages_items_per_s"] = (during[-1][1] - during[0][1]) / (during[-1][0] - during[0][0])
+        start = during[-1] if during else model[0]
+        if model[-1][0] > start[0]:
+            out["steady_after_cpu_stages_items_per_s"] = (model[-1][1] - start[1]) / (model[-1][0] - start[0])
     out["steady_items_per_s"] = None
     if len(model) >= 2 and model[-1][0] > model[0][0]:
         out["steady_items"] = model[-1][1] - model[0][1]
@@ -559,19 +589,21 @@ def render(res: dict) -> str:
         f"(OMP_NUM_THREADS={res['ray']['actor']['OMP_NUM_THREADS']}); ray.init {res['ray']['init_s']:.1f} s; "
         f"warm-up run ({c['warmup_items']} items) {res['ray']['warmup_run_s']:.1f} s",
         "",
-        f"{'throughput':<58}{'items/s':>9}{'eff.':>8}{'eff. vs all-core':>18}",
     ]
     ac = m["all_cores"] or {}
+    lines.append(f"{'throughput':<58}{'items/s':>9}{'eff.':>8}" + (f"{'eff. vs all-core':>18}" if ac else ""))
     rows = [
         (f"ceiling: model only, pre-decoded, {m['matched']['torch_threads']} thread(s) = actor's", m["matched"]["items_per_s"], None, None),
-        (f"ceiling: model only, pre-decoded, {res['cpu_count']} threads (all cores)", ac.get("items_per_s"), None, None),
+        *([(f"ceiling: model only, pre-decoded, {res['cpu_count']} threads (all cores)", ac.get("items_per_s"), None, None)] if ac else []),
         ("e2e all-in (RunReport: incl. actor start + model load)", e["all_in_items_per_s"], res["efficiency"]["all_in"], res["efficiency"]["all_in_vs_all_cores"]),
         (f"e2e model stage after its 1st call ({e.get('steady_items', 0)} of {e['items']} items)", e["steady_items_per_s"], res["efficiency"]["steady"], res["efficiency"]["steady_vs_all_cores"]),
+        ("  of which: while decode/preprocess tasks still ran", e["steady_during_cpu_stages_items_per_s"], res["efficiency"]["steady_during_cpu_stages"], None),
+        ("  of which: after decode/preprocess had finished", e["steady_after_cpu_stages_items_per_s"], res["efficiency"]["steady_after_cpu_stages"], None),
         ("e2e output side after 1st output batch (bursty)", e["output_steady_items_per_s"], res["efficiency"]["output_steady"], None),
         ("bound if decode and model each get 1 core: min(model, decode)", res["two_core_bound_items_per_s"], res["efficiency"]["bound"], None),
     ]
     for name, ips, eff, eff2 in rows:
-        lines.append(f"{name:<58}{_f(ips):>9}{_f(eff):>8}{_f(eff2):>18}")
+        lines.append(f"{name:<58}{_f(ips):>9}{_f(eff):>8}" + (f"{_f(eff2):>18}" if ac else ""))
     if e.get("steady_note"):
         lines.append("note: " + e["steady_note"])
     st = e["stages"]
@@ -580,8 +612,14 @@ def render(res: dict) -> str:
     lines.append(f"e2e timeline (s from run_pipeline call): all decoded {_f(st['decode']['all_done_s'], '{:.1f}')}, "
                  f"all preprocessed {_f(st['preprocess']['all_done_s'], '{:.1f}')}, first model call done "
                  f"{_f(e['first_model_batch_s'], '{:.1f}')} (actor start + model load + 1 call), model done "
-                 f"{_f(st['model']['all_done_s'], '{:.1f}')}, output batches at "
+                 f"{_f(st['model']['all_done_s'], '{:.1f}')}"
+                 + (" (last call unseen: last output batch used)" if e["model_end_from_output"] else "")
+                 + ", output batches at "
                  + ", ".join(f"{t:.1f}" for t in e["batch_arrival_s"]) + f", returned {e['report_seconds']:.1f}")
+    lines.append(f"e2e decode+preprocess stages: {_f(e['cpu_stages_items_per_s'])} items/s over their whole span "
+                 f"(sharing CPU with the model actor's start-up); rows preprocessed ahead of the model after its "
+                 f"first call, minimum while preprocessing: {_f(e['min_backlog_while_preprocessing'], '{}')} "
+                 f"(0 = the model waited for input)")
     lines += ["", f"{'decode, one process, one decoder thread':<52}{'frames/s':>10}{'frames/CPU-s':>14}{'src fr/CPU-s':>14}"]
     names = {"decord_sampled": f"decord, pipeline sampling ({c['num_frames']} of {c['frames']} out)",
              "decord_all": "decord, all frames", "pyav_all": "PyAV, all frames -> rgb24",
@@ -603,6 +641,9 @@ def render(res: dict) -> str:
     lines.append(f"load average before {res['loadavg']['before']}, after {res['loadavg']['after']}, by phase (1-min) "
                  + ", ".join(f"{k.removeprefix('before_')} {v[0]}" for k, v in res['loadavg']['by_phase'].items())
                  + f"; total {res['runtime_s']:.0f} s")
+    if res["ray"]["actor"]["torch_threads"] != m["matched"]["torch_threads"]:
+        lines.append(f"WARNING: the ceiling ran with {m['matched']['torch_threads']} torch thread(s) but the model actor "
+                     f"got {res['ray']['actor']['torch_threads']}: the efficiency compares unlike things")
     busy = max([res['loadavg']['before'][0]] + [v[0] for v in res['loadavg']['by_phase'].values()])
     if busy > 0.5 * res["cpu_count"]:
         lines.append(f"WARNING: other work was running (1-min load up to {busy} on {res['cpu_count']} CPUs); "
@@ -729,6 +770,8 @@ def main(argv: list[str] | None = None) -> int:
                 "all_in": ratio(e2e["all_in_items_per_s"], ceiling_ips),
                 "steady": ratio(e2e["steady_items_per_s"], ceiling_ips),
                 "all_in_vs_all_cores": ratio(e2e["all_in_items_per_s"], all_cores and all_cores["items_per_s"]),
+                "steady_during_cpu_stages": ratio(e2e["steady_during_cpu_stages_items_per_s"], ceiling_ips),
+                "steady_after_cpu_stages": ratio(e2e["steady_after_cpu_stages_items_per_s"], ceiling_ips),
                 "output_steady": ratio(e2e["output_steady_items_per_s"], ceiling_ips),
                 "steady_vs_all_cores": ratio(e2e["steady_items_per_s"], all_cores and all_cores["items_per_s"]),
                 "bound": ratio(bound, ceiling_ips),

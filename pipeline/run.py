@@ -88,7 +88,7 @@ def build_dataset(cfg: PipelineConfig, todo: pa.Table, run_id: str, fingerprint:
                    "board": board, "tags": tags},
         batch_size=None,
         batch_format="pyarrow",
-        num_cpus=0.1,
+        num_cpus=0,  # I/O only; must never wait behind the model actor and decode tasks for a CPU
     )
 
 

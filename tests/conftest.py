@@ -103,7 +103,7 @@ def ray_cluster():
                                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True))
         cluster_env = {**env, "RAY_ADDRESS": f"127.0.0.1:{port}"}
         count = "import ray; ray.init(logging_level='ERROR'); print(sum(n['Alive'] for n in ray.nodes()))"
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + 240  # generous: node start-up crawls on a loaded 2-core machine
         while True:
             alive = subprocess.run([sys.executable, "-c", count], env=cluster_env, capture_output=True, text=True, timeout=120)
             if alive.stdout.strip().splitlines()[-1:] == [str(nodes)]:
