@@ -28,5 +28,6 @@ def run_demo(workdir: Path) -> None:
     print_report(report)
     for row in read_results(cfg.output).sort_by("id").to_pylist():
         text = row["caption"] if row["status"] == "ok" else f"{row['error_type']}: {row['error']}"
-        print(f"  {row['id']:<10} {row['status']:<6} visual tokens {row['num_visual_tokens'] or 0:>4}  {text[:70]}")
+        tokens = f"{row['num_visual_tokens'] or 0:>4} -> {row['num_kept_tokens'] or 0:>3}"
+        print(f"  {row['id']:<10} {row['status']:<6} visual tokens {tokens}  {text[:64]}")
     print(f"demo finished in {time.perf_counter() - started:.1f} s")
