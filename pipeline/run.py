@@ -152,8 +152,7 @@ def _run(cfg: PipelineConfig, retry_failed: bool, metrics_port: int | None, prog
             write_record(cfg.output, record)
             if len(todo):
                 _execute(cfg, todo, run_id, fingerprint, partition, metrics_port, progress_stream)
-            reconcile(cfg.output)
-            fill_missing(cfg.output, manifest, run_id, fingerprint, partition)
+            fill_missing(cfg.output, manifest, reconcile(cfg.output)["id"], run_id, fingerprint, partition)
         except BaseException as exc:
             record.finish("stalled" if isinstance(exc, StallError) else "failed", error=f"{type(exc).__name__}: {exc}"[:2000])
             write_record(cfg.output, record)

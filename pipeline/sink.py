@@ -95,8 +95,12 @@ def _quarantine(fs: pafs.FileSystem, path: str, output: str) -> None:
     fs.move(path, f"{target}/{'_'.join(path.rsplit('/', 2)[-2:])}")
 
 
-def read_results(output: str, columns: list[str] | None = None, *, with_files: bool = False) -> pa.Table:
-    """All result rows; unreadable files are moved to quarantine so their ids get redone."""
+def read_results(output: str, columns: list[str] | None = None, *, with_location: bool = False) -> pa.Table:
+    """All result rows; unreadable files are moved to quarantine so their ids get redone.
+
+    `with_location` adds `_file` and `_row` (position in that file), which is what a
+    rewrite needs to remove exact rows.
+    """
     fs, paths = _files(output, RESULTS_DIR)
     names = columns or RESULT_SCHEMA.names
     tables = []
@@ -106,12 +110,13 @@ def read_results(output: str, columns: list[str] | None = None, *, with_files: b
         except (pa.ArrowInvalid, OSError):
             _quarantine(fs, path, output)
             continue
-        if with_files:
+        if with_location:
             t = t.append_column("_file", pa.array([path] * len(t), pa.string()))
+            t = t.append_column("_row", pa.array(range(len(t)), pa.int64()))
         tables.append(t)
     schema = pa.schema([RESULT_SCHEMA.field(n) for n in names])
-    if with_files:
-        schema = schema.append(pa.field("_file", pa.string()))
+    if with_location:
+        schema = schema.append(pa.field("_file", pa.string())).append(pa.field("_row", pa.int64()))
     return pa.concat_tables(tables) if tables else schema.empty_table()
 
 
@@ -121,47 +126,41 @@ def read_dead_letter(output: str) -> pa.Table:
     return pa.concat_tables(tables) if tables else RESULT_SCHEMA.empty_table()
 
 
-def _drop_rows(output: str, drop: dict[str, set[int]]) -> None:
-    """Rewrite result files without the given row positions (file -> positions)."""
+def _drop_rows(output: str, rows: pa.Table) -> None:
+    """Rewrite result files without the given rows (a `with_location` table)."""
     fs, _ = resolve(subdir(output, RESULTS_DIR))
-    for path, positions in drop.items():
+    for path in set(rows["_file"].to_pylist()):
+        gone = set(rows.filter(pc.equal(rows["_file"], path))["_row"].to_pylist())
         table = pq.read_table(path, filesystem=fs, schema=RESULT_SCHEMA)
-        keep = [i for i in range(len(table)) if i not in positions]
+        keep = [i for i in range(len(table)) if i not in gone]
         if keep:
             _atomic_write(table.take(keep), path)
         else:
             fs.delete_file(path)
 
 
-def reconcile(output: str) -> int:
-    """Keep one row per id (ok over failed, then the highest attempt); return rows removed."""
-    table = read_results(output, ["id", "status", "attempt"], with_files=True)
-    counts = Counter(table["id"].to_pylist())
-    if not counts or max(counts.values()) == 1:
-        return 0
-    best: dict[str, tuple[tuple[int, int], str, int]] = {}
-    positions: dict[str, int] = Counter()
-    rows = []
-    for row in table.to_pylist():
-        pos = positions[row["_file"]]
-        positions[row["_file"]] += 1
-        rows.append((row, pos))
-        if counts[row["id"]] > 1:
-            rank = (row["status"] == OK, row["attempt"] or 0)
-            if row["id"] not in best or rank > best[row["id"]][0]:
-                best[row["id"]] = (rank, row["_file"], pos)
-    drop: dict[str, set[int]] = {}
-    for row, pos in rows:
-        if row["id"] in best and best[row["id"]][1:] != (row["_file"], pos):
-            drop.setdefault(row["_file"], set()).add(pos)
-    _drop_rows(output, drop)
-    return sum(len(v) for v in drop.values())
+def reconcile(output: str, columns: tuple[str, ...] = ()) -> pa.Table:
+    """Keep one row per id (ok over failed, then the highest attempt) and return the kept rows.
+
+    The returned table has `id`, `status`, `attempt`, the extra `columns` and each row's
+    location, so callers need not read the output again.
+    """
+    names = list(dict.fromkeys(("id", "status", "attempt", *columns)))
+    table = read_results(output, names, with_location=True)
+    if len(table) == pc.count_distinct(table["id"]).as_py():
+        return table
+    rank = pc.add(pc.multiply(pc.cast(pc.equal(table["status"], OK), pa.int64()), 2**32),
+                  pc.cast(pc.fill_null(table["attempt"], 0), pa.int64()))
+    order = table.append_column("_rank", rank).sort_by([("id", "ascending"), ("_rank", "descending")])
+    ids = order["id"].to_pylist()
+    first = [i == 0 or ids[i] != ids[i - 1] for i in range(len(ids))]
+    _drop_rows(output, order.filter(pc.invert(pa.array(first))))
+    return order.filter(pa.array(first)).drop_columns(["_rank"])
 
 
 def plan_resume(output: str, manifest: pa.Table, fingerprint: str, retry_failed: bool) -> pa.Table:
     """Manifest rows still to do, each with its `attempt` number."""
-    reconcile(output)
-    done = read_results(output, ["id", "status", "fingerprint", "attempt"], with_files=True)
+    done = reconcile(output, ("fingerprint",))
     other = set(done["fingerprint"].to_pylist()) - {fingerprint, None}
     if other:
         raise FingerprintMismatchError(
@@ -169,22 +168,18 @@ def plan_resume(output: str, manifest: pa.Table, fingerprint: str, retry_failed:
             f"{sorted(other)[0]}, this run {fingerprint}); write to a new --output instead of mixing them"
         )
     failed = done.filter(pc.equal(done["status"], FAILED))
-    keep_done = done if not retry_failed else done.filter(pc.equal(done["status"], OK))
-    if retry_failed and len(failed):
-        drop: dict[str, set[int]] = {}
-        for path in set(failed["_file"].to_pylist()):
-            statuses = done.filter(pc.equal(done["_file"], path))["status"].to_pylist()
-            drop[path] = {i for i, s in enumerate(statuses) if s == FAILED}
-        _drop_rows(output, drop)
-    todo = manifest.filter(pc.invert(pc.is_in(manifest["id"], value_set=keep_done["id"])))
+    if retry_failed:
+        _drop_rows(output, failed)
+        done = done.filter(pc.equal(done["status"], OK))
+    todo = manifest.filter(pc.invert(pc.is_in(manifest["id"], value_set=done["id"])))
     previous = dict(zip(failed["id"].to_pylist(), failed["attempt"].to_pylist()))
     attempts = [int(previous.get(i) or 0) + 1 for i in todo["id"].to_pylist()]
     return todo.append_column("attempt", pa.array(attempts, pa.int32()))
 
 
-def fill_missing(output: str, manifest: pa.Table, run_id: str, fingerprint: str, partition: str) -> int:
-    """After a finished run, record any manifest id without a row as failed, never silently missing."""
-    present = read_results(output, ["id"])["id"]
+def fill_missing(output: str, manifest: pa.Table, present: pa.Array, run_id: str, fingerprint: str,
+                 partition: str) -> int:
+    """After a finished run, record any manifest id not in `present` as failed, never silently missing."""
     lost = manifest.filter(pc.invert(pc.is_in(manifest["id"], value_set=present)))
     if not len(lost):
         return 0
