@@ -94,7 +94,8 @@ def run_case(case: dict, device: str) -> dict:
     repeats = 3 if target else 2 if case["n"] * case["batch"] > 2304 * 8 else 5
     arg = json.dumps({"case": case, "device": device, "repeats": repeats})
     done = subprocess.run([sys.executable, __file__, "--child", arg], capture_output=True, text=True, check=False,
-                          env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+                          env={**os.environ, "PYTHONPATH": os.pathsep.join(
+                              filter(None, [str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH")]))})
     if done.returncode != 0:
         raise RuntimeError(f"case {case} on {device} failed:\n{done.stderr}")
     return json.loads(done.stdout.strip().splitlines()[-1])

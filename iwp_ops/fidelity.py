@@ -41,12 +41,8 @@ class LinearFeatures:
         return LinearFeatures(self.keys[:, :, start:stop], self.values[:, :, start:stop])
 
     def pair(self, other: LinearFeatures) -> Tensor:
-        b, h, r, _ = self.keys.shape
-        out = self.keys.new_zeros(b, r, other.keys.shape[2])
-        for head in range(h):
-            dot_k = self.keys[:, head] @ other.keys[:, head].transpose(1, 2)
-            out.addcmul_(dot_k, self.values[:, head] @ other.values[:, head].transpose(1, 2))
-        return out
+        dot_k = torch.matmul(self.keys, other.keys.transpose(-1, -2))
+        return dot_k.mul_(torch.matmul(self.values, other.values.transpose(-1, -2))).sum(1)
 
 
 Features = PairFeatures | LinearFeatures

@@ -83,7 +83,8 @@ class _Greedy:
         top_score, top = score.topk(pool, dim=-1)
         valid = top_score > float("-inf")
 
-        sim = self.features.take(top).pair(self.features.take(top))
+        candidates = self.features.take(top)
+        sim = candidates.pair(candidates)
         above = torch.ones(pool, pool, dtype=torch.bool, device=top.device).triu(1)
         sim_above = sim.masked_fill(~(above & valid[:, :, None]), float("-inf")).amax(1)
         rescored = self._mmr(self.relevance.gather(1, top), torch.maximum(penalty.gather(1, top), sim_above),

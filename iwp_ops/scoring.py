@@ -53,15 +53,15 @@ class PairFeatures:
         return replace(self, logw=logw)
 
     def pair(self, other: PairFeatures) -> Tensor:
-        """``[B, R, C]`` kernel between these R tokens and ``other``'s C tokens, summed over heads."""
-        b, h, r, _ = self.keys.shape
-        out = self.keys.new_zeros(b, r, other.keys.shape[2])
-        for head in range(h):
-            expo = torch.matmul(self.keys[:, head], other.keys[:, head].transpose(1, 2))
-            expo.sub_(self.half_sq[:, head, :, None]).sub_(other.half_sq[:, head, None, :]).clamp_(max=0)
-            expo.add_(self.logw[:, head, :, None]).add_(other.logw[:, head, None, :]).exp_()
-            out.addcmul_(torch.matmul(self.units[:, head], other.units[:, head].transpose(1, 2)), expo)
-        return out
+        """``[B, R, C]`` kernel between these R tokens and ``other``'s C tokens, summed over heads.
+
+        All heads in one batched product: the selection loop calls this twice per step, and
+        on a GPU its cost is the number of kernels launched, not their arithmetic.
+        """
+        expo = torch.matmul(self.keys, other.keys.transpose(-1, -2))
+        expo.sub_(self.half_sq[..., :, None]).sub_(other.half_sq[..., None, :]).clamp_(max=0)
+        expo.add_(self.logw[..., :, None]).add_(other.logw[..., None, :]).exp_()
+        return expo.mul_(torch.matmul(self.units, other.units.transpose(-1, -2))).sum(1)
 
 
 def pair_features(keys: Tensor, values: Tensor) -> tuple[PairFeatures, Tensor]:
