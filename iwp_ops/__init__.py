@@ -10,6 +10,8 @@ Public API:
 - ``information_duplication(keys, values, rows, cols, *, heads="layer")``
 - ``enable_pruning(model, method="iwp", keep_ratio=0.222, layer=2, **options)``: prune inside a
   loaded transformers VLM (``iwp_ops.models``; the only part that touches transformers).
+- ``pack_vision_attention(model)``: a Qwen2-VL / Qwen2.5-VL vision encoder on SDPA runs one
+  attention call per block instead of one per window (the unpruned part of the prefill).
 - ``METHODS``: the names ``select_tokens`` accepts for ``method``.
 """
 
@@ -17,7 +19,7 @@ from .budget import adaptive_budget
 from .fidelity import weight_fidelity
 from .methods import REGISTRY as _REGISTRY
 from .methods.visionzip import merged_features as visionzip_merged_features
-from .models import ItemStats, PruningHandle, enable_pruning
+from .models import ItemStats, PruningHandle, enable_pruning, pack_vision_attention
 from .scores import information_duplication, information_magnitude
 from .select import select_tokens
 
@@ -31,6 +33,7 @@ __all__ = [
     "enable_pruning",
     "information_duplication",
     "information_magnitude",
+    "pack_vision_attention",
     "select_tokens",
     "visionzip_merged_features",
     "weight_fidelity",

@@ -59,6 +59,8 @@ def load_model(cfg: PipelineConfig):
     """`from_pretrained` on a local directory: no network, remote code only if asked."""
     from transformers import AutoModelForImageTextToText
 
+    from iwp_ops import pack_vision_attention
+
     device = resolve_device(cfg.model.device)
     model = AutoModelForImageTextToText.from_pretrained(
         cfg.model.path,
@@ -66,6 +68,7 @@ def load_model(cfg: PipelineConfig):
         local_files_only=True,
         trust_remote_code=cfg.model.trust_remote_code,
     )
+    pack_vision_attention(model)
     return model.to(device).eval()
 
 

@@ -1,0 +1,67 @@
+"""One attention call per vision block instead of one per window, for Qwen2-VL / Qwen2.5-VL with SDPA.
+
+The vision encoder is not pruned, so its speed bounds what pruning can gain. transformers
+runs its variable-length attention (Qwen2.5-VL: windows of up to 8x8 patches, and whole
+frames in the full-attention blocks; Qwen2-VL: whole frames) as one call per segment
+unless FlashAttention is installed: a 16-frame 336x336 video makes ~2,000 calls per
+forward, ~2,000 per item in a batch, and on an H200 the encoder then took 71 % of the
+7B prefill's time for 28 % of its FLOPs (benchmarks/results/h200/). Here the segments are
+gathered into one padded batch ``[segments, heads, longest, dim]`` with a key-padding mask
+and go through a single ``scaled_dot_product_attention``; the result is the same
+attention (each segment still sees only itself).
+
+It plugs in through transformers' own ``AttentionInterface``: the vision attention modules
+hand ``cu_seqlens`` to one call when the implementation's name contains "flash", so the
+function is registered under such a name and set on the vision config only; the language
+model keeps its own implementation.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+NAME = "iwp_packed_sdpa_flash_api"
+
+
+def packed_attention(module: nn.Module, query: Tensor, key: Tensor, value: Tensor, attention_mask: Tensor | None = None,
+                     scaling: float | None = None, dropout: float = 0.0, cu_seq_lens_q: Tensor | None = None,
+                     max_length_q: int | None = None, **_: Any) -> tuple[Tensor, None]:
+    """``query/key/value`` ``[1, H, S, D]`` holding consecutive segments delimited by ``cu_seq_lens_q``;
+    returns ``[1, S, H, D]`` (the flash convention the caller reshapes)."""
+    if cu_seq_lens_q is None:
+        raise ValueError("packed vision attention needs cu_seq_lens_q (segment boundaries)")
+    heads, total, dim = query.shape[1:]
+    lengths = cu_seq_lens_q[1:] - cu_seq_lens_q[:-1]
+    longest = int(max_length_q) if max_length_q is not None else int(lengths.max())
+    slot = torch.arange(longest, device=query.device)
+    valid = slot < lengths[:, None]
+    index = torch.where(valid, cu_seq_lens_q[:-1, None] + slot, total)
+
+    def pack(x: Tensor) -> Tensor:
+        padded = torch.cat([x[0], x.new_zeros(heads, 1, dim)], dim=1)
+        return padded[:, index].transpose(0, 1)
+
+    out = F.scaled_dot_product_attention(pack(query), pack(key), pack(value), attn_mask=valid[:, None, None, :],
+                                         dropout_p=dropout, scale=scaling)
+    return out.transpose(1, 2)[valid][None], None
+
+
+def pack_vision_attention(model: nn.Module) -> bool:
+    """Route a Qwen2-VL / Qwen2.5-VL vision encoder that runs SDPA through `packed_attention`.
+
+    Returns False (and changes nothing) for other models and other attention implementations:
+    FlashAttention already takes the segments in one call, and eager is kept for debugging.
+    """
+    from transformers import AttentionInterface
+
+    config = getattr(getattr(model, "config", None), "vision_config", None)
+    if type(model).__name__ not in ("Qwen2VLForConditionalGeneration", "Qwen2_5_VLForConditionalGeneration") \
+            or config is None or config._attn_implementation not in ("sdpa", NAME):
+        return False
+    AttentionInterface.register(NAME, packed_attention)
+    config._attn_implementation = NAME
+    return True

@@ -1,0 +1,70 @@
+"""The packed vision attention computes what transformers' per-segment loop computes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoModelForImageTextToText, AutoProcessor
+
+from iwp_ops.models.vision_attention import NAME, pack_vision_attention, packed_attention
+from reference.tiny_model import build_tiny_model
+
+
+@pytest.fixture(scope="module", params=("qwen2_5_vl", "qwen2_vl"))
+def qwen(request, tmp_path_factory):
+    path = build_tiny_model(tmp_path_factory.mktemp(request.param), arch=request.param)
+    load = lambda: AutoModelForImageTextToText.from_pretrained(path, local_files_only=True).eval()  # noqa: E731
+    return load, AutoProcessor.from_pretrained(path, local_files_only=True)
+
+
+def _batch(processor):
+    """An image whose 4x6 merged grid leaves partial 4x4 windows, and two videos of different lengths."""
+    rng = np.random.default_rng(0)
+    texts = []
+    for kind in ("image", "video", "video"):
+        messages = [{"role": "user", "content": [{"type": kind}, {"type": "text", "text": "describe"}]}]
+        texts.append(processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False))
+    image = rng.integers(0, 255, (112, 168, 3), dtype=np.uint8)
+    videos = [rng.integers(0, 255, (n, 140, 112, 3), dtype=np.uint8) for n in (4, 2)]
+    return processor(text=texts, images=[image], videos=videos, return_tensors="pt", padding=True, do_sample_frames=False)
+
+
+def test_packed_attention_matches_one_call_per_segment():
+    torch.manual_seed(0)
+    heads, dim, lengths = 3, 8, (5, 16, 1, 9)
+    q, k, v = (torch.randn(1, heads, sum(lengths), dim) for _ in range(3))
+    cu = torch.tensor([0, *np.cumsum(lengths)], dtype=torch.int32)
+    out, _ = packed_attention(None, q, k, v, scaling=0.3, cu_seq_lens_q=cu, max_length_q=max(lengths))
+    parts = torch.split(torch.arange(sum(lengths)), lengths)
+    expected = torch.cat([torch.nn.functional.scaled_dot_product_attention(q[:, :, p], k[:, :, p], v[:, :, p], scale=0.3)
+                          for p in parts], dim=2).transpose(1, 2)
+    assert out.shape == (1, sum(lengths), heads, dim)
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_packed_vision_gives_the_same_features_and_tokens(qwen):
+    load, processor = qwen
+    batch = _batch(processor)
+    stock, packed = load(), load()
+    assert pack_vision_attention(packed)
+    assert packed.config.vision_config._attn_implementation == NAME
+    assert packed.config.text_config._attn_implementation == stock.config.text_config._attn_implementation
+    with torch.no_grad():
+        for key, grid in (("pixel_values", "image_grid_thw"), ("pixel_values_videos", "video_grid_thw")):
+            a = stock.model.visual(batch[key], grid_thw=batch[grid]).pooler_output
+            b = packed.model.visual(batch[key], grid_thw=batch[grid]).pooler_output
+            torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5)
+        gen = dict(max_new_tokens=4, min_new_tokens=4, do_sample=False)
+        assert torch.equal(packed.generate(**batch, **gen), stock.generate(**batch, **gen))
+
+
+def test_other_models_and_implementations_are_left_alone(qwen, tmp_path):
+    load, _ = qwen
+    eager = load()
+    eager.config.vision_config._attn_implementation = "eager"
+    assert not pack_vision_attention(eager)
+    assert eager.config.vision_config._attn_implementation == "eager"
+    llava = AutoModelForImageTextToText.from_pretrained(build_tiny_model(tmp_path, arch="llava_onevision"),
+                                                        local_files_only=True)
+    assert not pack_vision_attention(llava)
