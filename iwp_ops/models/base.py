@@ -303,13 +303,14 @@ class PruningHandle:
         )
 
     def _record(self, call: _Call, keys: Tensor, values: Tensor, selected: Tensor, budget: Tensor) -> None:
-        before = call.visual.sum(-1).tolist()
-        after = budget.tolist()
-        fidelity: list[float | None] = [None] * len(before)
+        """Per-item stats, read back in one device-to-host copy (counts are exact in float32)."""
+        rows = [call.visual.sum(-1).float(), budget.float()]
         if self.settings["record_fidelity"]:
-            fidelity = [None if math.isnan(f) else f for f in
-                        weight_fidelity(keys, values, selected, mask=call.visual).float().tolist()]
-        self.last_stats = [ItemStats(int(b), int(a), f) for b, a, f in zip(before, after, fidelity)]
+            rows.append(weight_fidelity(keys, values, selected, mask=call.visual).float())
+        read = torch.stack(rows).tolist()
+        fidelity = read[2] if len(read) > 2 else [math.nan] * len(read[0])
+        self.last_stats = [ItemStats(int(b), int(a), None if math.isnan(f) else f)
+                           for b, a, f in zip(read[0], read[1], fidelity)]
 
 
 def enable_pruning(model: nn.Module, method: str = "iwp", keep_ratio: float | Sequence[float] = 0.222, layer: int = 2,
