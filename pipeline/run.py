@@ -99,7 +99,9 @@ def _execute(cfg: PipelineConfig, todo: pa.Table, run_id: str, fingerprint: str,
              metrics_port: int | None, progress_stream) -> None:
     ensure_ray(metrics_port)
     preemption.install(cfg.grace_period_s)  # again: ray.init replaced our SIGTERM handler with its own
-    ray.data.DataContext.get_current().enable_progress_bars = False  # ours shows items, with the ETA
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False  # ours shows items, with the ETA
+    ctx.raise_original_map_exception = True  # keeps e.g. OutputStorageError recognisable at the driver
     board = ProgressBoard.remote()
     display = ProgressDisplay(len(todo), stream=progress_stream)
     batches = build_dataset(cfg, todo, run_id, fingerprint, partition, board).iter_batches(batch_size=None, batch_format="pyarrow")

@@ -36,7 +36,7 @@ def storage_error(exc: BaseException) -> OutputStorageError | None:
         if e is None or id(e) in seen:
             continue
         seen.add(id(e))
-        if isinstance(e, OutputStorageError):
+        if isinstance(e, OutputStorageError) and getattr(e, "cause", None) is None:  # not Ray's wrapper of one
             return e
         stack += [e.__cause__, e.__context__, getattr(e, "cause", None)]
     return None
