@@ -71,7 +71,7 @@ def build_dataset(cfg: PipelineConfig, todo: pa.Table, run_id: str, fingerprint:
                  "batch_size": cfg.batching.rows_per_decode_batch}
     ds = ray.data.from_arrow(blocks_of(todo))
     ds = ds.map_batches(run_stage, fn_kwargs={"fn": decode_row, "stage": "decode", "board": board, "tags": tags,
-                                              "cfg": cfg.sampling}, **cpu_stage)
+                                              "cfg": cfg.sampling, "isolation": cfg.decode_isolation}, **cpu_stage)
     ds = ds.map_batches(run_stage, fn_kwargs={"fn": preprocess_row, "stage": "preprocess", "board": board, "tags": tags,
                                               "model_path": cfg.model.path, "gen": cfg.generation,
                                               "trust_remote_code": cfg.model.trust_remote_code,
