@@ -74,16 +74,18 @@ def unused_port():
 def ray_cluster():
     """Start a real multi-node Ray cluster on this machine with `ray start` (loopback, token auth).
 
-    Returns a function `start(nodes=2, metrics_ports=()) -> (address, env)`, where
+    Returns a function `start(nodes=2, metrics_ports=(), head_cpus=1) -> (address, env)`, where
     `metrics_ports` gives each node its Ray metrics export port (every node serves its own
-    workers' metrics); everything it started is stopped at teardown. Each node gets one CPU.
+    workers' metrics); everything it started is stopped at teardown. Each other node gets one CPU.
+    `start.nodes` holds each node's `ray start --block` process, head first (fault tests
+    kill a node through it).
     """
     procs, dirs = [], []
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env.update(RAY_AUTH_MODE="token", RAY_metrics_report_interval_ms="500")
     ray_bin = str(Path(sys.executable).with_name("ray"))
 
-    def start(nodes: int = 2, metrics_ports: tuple[int, ...] = ()) -> tuple[str, dict[str, str]]:
+    def start(nodes: int = 2, metrics_ports: tuple[int, ...] = (), head_cpus: int = 1) -> tuple[str, dict[str, str]]:
         metrics = list(metrics_ports) + [free_port() for _ in range(nodes - len(metrics_ports))]
         # Every node gets free ports: Ray's fixed defaults (dashboard agent 52365, client server
         # 10001) clash with any other Ray instance on this machine.
@@ -94,12 +96,13 @@ def ray_cluster():
         port = free_port()
         temp_dir = tempfile.mkdtemp(prefix="ray-", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
         dirs.append(temp_dir)
-        common = ["--node-ip-address=127.0.0.1", "--num-cpus=1", "--block"]
-        head = [ray_bin, "start", "--head", f"--port={port}", "--include-dashboard=false", f"--temp-dir={temp_dir}", *ports[0]]
+        common = ["--node-ip-address=127.0.0.1", "--block"]
+        head = [ray_bin, "start", "--head", f"--port={port}", "--include-dashboard=false", f"--temp-dir={temp_dir}",
+                f"--num-cpus={head_cpus}", *ports[0]]
         procs.append(subprocess.Popen(head + common, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                       start_new_session=True))
         for i in range(1, nodes):
-            procs.append(subprocess.Popen([ray_bin, "start", f"--address=127.0.0.1:{port}", *ports[i], *common], env=env,
+            procs.append(subprocess.Popen([ray_bin, "start", f"--address=127.0.0.1:{port}", "--num-cpus=1", *ports[i], *common], env=env,
                                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True))
         cluster_env = {**env, "RAY_ADDRESS": f"127.0.0.1:{port}"}
         count = "import ray; ray.init(logging_level='ERROR'); print(sum(n['Alive'] for n in ray.nodes()))"
@@ -112,6 +115,7 @@ def ray_cluster():
                 raise RuntimeError(f"the Ray cluster did not reach {nodes} live nodes: {alive.stdout[-500:]} {alive.stderr[-1500:]}")
             time.sleep(2)
 
+    start.nodes = procs
     yield start
     for proc in reversed(procs):
         if proc.poll() is None:
