@@ -15,6 +15,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from reference.cluster import psutil_module
 from reference.media import write_image, write_video
 
 # Ray titles its worker processes "ray::<what runs there>"; these name our stages' workers.
@@ -87,7 +88,7 @@ def cli_env(**extra: str) -> dict[str, str]:
 
 
 def worker_processes(marker: str) -> list:
-    import psutil
+    psutil = psutil_module()
 
     found = []
     for proc in psutil.process_iter(["cmdline"]):
@@ -96,6 +97,20 @@ def worker_processes(marker: str) -> list:
                 found.append(proc)
         except psutil.Error:
             continue
+    return found
+
+
+def node_stage_workers(node_pid: int) -> list:
+    """Ray workers under one node's `ray start` process that run one of our stages right now."""
+    psutil = psutil_module()
+    found = []
+    for proc in psutil.Process(node_pid).children(recursive=True):
+        try:
+            cmdline = " ".join(proc.cmdline())
+        except psutil.Error:
+            continue
+        if MODEL_WORKER in cmdline or CPU_STAGE_WORKER in cmdline:
+            found.append(proc)
     return found
 
 
