@@ -3,9 +3,11 @@ same faults into the same kind of job and count loss and duplication the same wa
 
 from __future__ import annotations
 
+import errno
 import os
 import random
 import signal
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -87,36 +89,24 @@ def cli_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def worker_processes(marker: str) -> list:
-    psutil = psutil_module()
-
-    found = []
-    for proc in psutil.process_iter(["cmdline"]):
-        try:
-            if marker in " ".join(proc.info["cmdline"] or []):
-                found.append(proc)
-        except psutil.Error:
-            continue
-    return found
-
-
-def node_stage_workers(node_pid: int) -> list:
-    """Ray workers under one node's `ray start` process that run one of our stages right now."""
+def stage_workers(root_pid: int, markers: tuple[str, ...] = (MODEL_WORKER, CPU_STAGE_WORKER)) -> list:
+    """Ray workers below `root_pid` (a driver that started its own Ray, or a node's `ray start`)
+    running one of our stages now; never another job's workers elsewhere on the machine."""
     psutil = psutil_module()
     found = []
-    for proc in psutil.Process(node_pid).children(recursive=True):
+    for proc in psutil.Process(root_pid).children(recursive=True):
         try:
             cmdline = " ".join(proc.cmdline())
         except psutil.Error:
             continue
-        if MODEL_WORKER in cmdline or CPU_STAGE_WORKER in cmdline:
-            found.append(proc)
+        if any(m in cmdline for m in markers):
+            found.append((next(m for m in markers if m in cmdline), proc))
     return found
 
 
-def kill_random_worker(rng: random.Random, markers: tuple[str, ...] = (MODEL_WORKER, CPU_STAGE_WORKER)) -> str | None:
-    """SIGKILL one live Ray worker running one of our stages; returns what it was, or None."""
-    candidates = [(m, p) for m in markers for p in worker_processes(m)]
+def kill_random_worker(rng: random.Random, root_pid: int) -> str | None:
+    """SIGKILL one of our stage workers below `root_pid`, chosen at random; returns its kind, or None."""
+    candidates = stage_workers(root_pid)
     if not candidates:
         return None
     marker, proc = rng.choice(candidates)
@@ -125,3 +115,40 @@ def kill_random_worker(rng: random.Random, markers: tuple[str, ...] = (MODEL_WOR
     except ProcessLookupError:
         return None
     return marker
+
+
+def mount_tmpfs(path: Path, size: str = "8m") -> str | None:
+    """Mount a small tmpfs at `path`; returns why not (e.g. not permitted), or None on success."""
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True, text=True,
+                       timeout=60)
+    return None if r.returncode == 0 else (r.stderr.strip() or f"mount exited {r.returncode}")
+
+
+def unmount(path: Path) -> None:
+    subprocess.run(["umount", "-l", str(path)], capture_output=True, timeout=60)
+
+
+def fill(mount: Path) -> Path:
+    """Write until the filesystem is full; returns the filler file to delete to free the space."""
+    filler = mount / "filler"
+    with open(filler, "wb") as f:
+        try:
+            while True:
+                f.write(b"\0" * 65536)
+                f.flush()
+        except OSError as exc:
+            if exc.errno != errno.ENOSPC:
+                raise
+    return filler
+
+
+def remount(mount: Path, mode: str) -> None:
+    """`mode` "ro" or "rw"; read-only fails while a file is open for writing, so retry until it takes."""
+    deadline = time.monotonic() + 30
+    while True:
+        r = subprocess.run(["mount", "-o", f"remount,{mode}", str(mount)], capture_output=True, text=True, timeout=60)
+        if r.returncode == 0:
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"could not remount {mount} {mode}: {r.stderr.strip()}")
+        time.sleep(0.05)

@@ -3,6 +3,7 @@ output still holds every id exactly once, all ok (Ray retries the tasks, restart
 
 from __future__ import annotations
 
+import os
 import random
 import threading
 
@@ -30,7 +31,7 @@ def test_random_worker_kills_lose_and_duplicate_nothing(tmp_path, tiny_model_dir
     runner.start()
     rng, killed = random.Random(10), []
     while len(killed) < KILLS and runner.is_alive():
-        victim = kill_random_worker(rng)
+        victim = kill_random_worker(rng, os.getpid())  # ray_local's processes are this process's children
         if victim:
             killed.append(victim)
         runner.join(timeout=rng.uniform(1.0, 3.0))

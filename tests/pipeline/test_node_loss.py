@@ -7,7 +7,7 @@ import os
 import signal
 import subprocess
 
-from reference.faults import cli_command, media_manifest, node_stage_workers, tally, wait_for
+from reference.faults import cli_command, media_manifest, stage_workers, tally, wait_for
 
 
 def test_a_killed_worker_node_is_survived_and_every_id_written_once(ray_cluster, tmp_path, tiny_model_dir):
@@ -21,10 +21,10 @@ def test_a_killed_worker_node_is_survived_and_every_id_written_once(ray_cluster,
         run = subprocess.Popen(cli_command(manifest, output, tiny_model_dir, "--stall-timeout", "120"), env=env,
                                stdout=out, stderr=out, start_new_session=True)
         try:
-            wait_for(lambda: node_stage_workers(ray_cluster.nodes[1].pid) or run.poll() is not None, 300,
+            wait_for(lambda: stage_workers(ray_cluster.nodes[1].pid) or run.poll() is not None, 300,
                      "a stage running on the worker node")
             assert run.poll() is None, "the run finished before the node could be killed"
-            busy = node_stage_workers(ray_cluster.nodes[1].pid)
+            busy = stage_workers(ray_cluster.nodes[1].pid)
             ray_cluster.kill_node(1)
             code = run.wait(timeout=600)
         finally:

@@ -3,51 +3,25 @@ no half-written file taken as done, and a rerun after the fix completes every id
 
 from __future__ import annotations
 
-import errno
 import subprocess
-import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 
-from reference.faults import cli_command, cli_env, media_manifest, result_files, tally, wait_for
-
-
-def _mount(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(["mount", *args], capture_output=True, text=True, timeout=60)
+from reference.faults import (cli_command, cli_env, fill, media_manifest, mount_tmpfs, remount, result_files, tally,
+                              unmount, wait_for)
 
 
 @pytest.fixture()
 def small_tmpfs(tmp_path) -> Path:
     mnt = tmp_path / "mnt"
     mnt.mkdir()
-    mounted = _mount("-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mnt))
-    if mounted.returncode != 0:
-        pytest.skip(f"mounting a tmpfs is not permitted here: {mounted.stderr.strip()}")
+    refused = mount_tmpfs(mnt)
+    if refused:
+        pytest.skip(f"mounting a tmpfs is not permitted here: {refused}")
     yield mnt
-    subprocess.run(["umount", "-l", str(mnt)], capture_output=True, timeout=60)
-
-
-def fill(mnt: Path) -> Path:
-    """Write until the filesystem is full; returns the filler file to delete later."""
-    filler = mnt / "filler"
-    with open(filler, "wb") as f:
-        try:
-            while True:
-                f.write(b"\0" * 65536)
-                f.flush()
-        except OSError as exc:
-            assert exc.errno == errno.ENOSPC
-    return filler
-
-
-def remount(mnt: Path, mode: str) -> None:
-    """Remounting read-only fails while a file is open for writing; retry until it takes."""
-    deadline = time.monotonic() + 30
-    while (r := _mount("-o", f"remount,{mode}", str(mnt))).returncode != 0:
-        assert time.monotonic() < deadline, r.stderr
-        time.sleep(0.05)
+    unmount(mnt)
 
 
 @pytest.mark.parametrize("fault", ["full", "read-only"])
