@@ -13,10 +13,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import ray
 
+from pipeline import preemption
 from pipeline.config import PipelineConfig
 from pipeline.decode import decode_row
 from pipeline.engine import ModelEngine
-from pipeline import preemption
 from pipeline.fingerprint import new_run_id, run_fingerprint
 from pipeline.manifest import ManifestError, read_manifest
 from pipeline.lock import output_lock

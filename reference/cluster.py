@@ -89,9 +89,19 @@ class LocalCluster:
         return len(victims)
 
     def stop(self) -> None:
+        """SIGTERM each node's process group, then SIGKILL what is left after a few seconds
+        (a graceful `ray start --block` shutdown takes about 30 s, which tests need not wait for)."""
         for proc in reversed(self.nodes):
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGTERM)
-                proc.wait(timeout=60)
+                try:
+                    proc.wait(timeout=5)
+                except subprocess.TimeoutExpired:
+                    pass
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            proc.wait(timeout=60)
         for d in self.dirs:
             shutil.rmtree(d, ignore_errors=True)
