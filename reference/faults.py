@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from typing import Any
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -89,12 +90,16 @@ def cli_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def stage_workers(root_pid: int, markers: tuple[str, ...] = (MODEL_WORKER, CPU_STAGE_WORKER)) -> list:
-    """Ray workers below `root_pid` (a driver that started its own Ray, or a node's `ray start`)
-    running one of our stages now; never another job's workers elsewhere on the machine."""
+def stage_workers(root_pid: int, markers: tuple[str, ...] = (MODEL_WORKER, CPU_STAGE_WORKER)) -> list[tuple[str, Any]]:
+    """(marker, psutil process) for each Ray worker below `root_pid` (a driver that started its own
+    Ray, or a node's `ray start`) running one of our stages now; never another job's workers."""
     psutil = psutil_module()
+    try:
+        children = psutil.Process(root_pid).children(recursive=True)
+    except psutil.NoSuchProcess:  # the run just ended
+        return []
     found = []
-    for proc in psutil.Process(root_pid).children(recursive=True):
+    for proc in children:
         try:
             cmdline = " ".join(proc.cmdline())
         except psutil.Error:

@@ -48,7 +48,7 @@ def test_isolated_decode_gives_the_same_rows_and_errors(media, fresh_child):
     assert missing["error_type"] == "FileNotFoundError"
 
 
-def test_a_crashing_item_fails_alone_after_bounded_attempts(media, fresh_child):
+def test_a_crashing_item_fails_alone_after_bounded_attempts(media, fresh_child, monkeypatch):
     fresh_child(**{CRASH_ENV: "clip.mp4"})
     pids = []
     original = sandbox.Sandbox._start
@@ -57,12 +57,9 @@ def test_a_crashing_item_fails_alone_after_bounded_attempts(media, fresh_child):
         original(self)
         pids.append(self.proc.pid)
 
-    sandbox.Sandbox._start = counting_start
-    try:
-        crashed = decode_row(row(media["video"]), SamplingConfig(num_frames=4), ISOLATED)
-        after = decode_row(row(media["image"]), SamplingConfig(), ISOLATED)
-    finally:
-        sandbox.Sandbox._start = original
+    monkeypatch.setattr(sandbox.Sandbox, "_start", counting_start)
+    crashed = decode_row(row(media["video"]), SamplingConfig(num_frames=4), ISOLATED)
+    after = decode_row(row(media["image"]), SamplingConfig(), ISOLATED)
     assert crashed["status"] == "failed" and crashed["error_type"] == "DecoderCrashed" and crashed["stage"] == "decode"
     assert crashed["error"] == "the decoder process died (SIGSEGV) on each of 3 attempts"
     assert len(pids) == 4 and len(set(pids)) == 4  # three tries, each in a fresh child, then one for the next item
