@@ -34,6 +34,7 @@ from pipeline.schema import FAILED, OK, RESULT_SCHEMA
 from pipeline.storage import OutputStorageError, resolve
 
 RESULTS_DIR, DEAD_LETTER_DIR, QUARANTINE_DIR = "results", "dead_letter", "quarantine"
+TMP_PREFIX = ".tmp-"  # a file being written; never read as a result (readers take only part-*.parquet)
 PROGRESS_COLUMNS = ("id", "status", "error_type", "stage", "media_type", "num_frames", "num_visual_tokens",
                     "num_kept_tokens", "weight_fidelity", "latency_s")
 
@@ -44,9 +45,6 @@ class FingerprintMismatchError(ValueError):
 
 def subdir(output: str, name: str) -> str:
     return output.rstrip("/") + "/" + name
-
-
-TMP_PREFIX = ".tmp-"
 
 
 def _atomic_write(table: pa.Table, uri: str) -> None:
