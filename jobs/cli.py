@@ -8,12 +8,14 @@ import os
 import sys
 from pathlib import Path
 
-from pipeline.config import BatchingConfig, GenerationConfig, ModelConfig, PipelineConfig, PruningConfig, SamplingConfig
+from pipeline.config import (BatchingConfig, DecodeIsolationConfig, GenerationConfig, ModelConfig, PipelineConfig,
+                             PruningConfig, SamplingConfig)
 
 # Flags that describe the job; in the spec form the spec holds them instead.
 CONFIG_FLAGS = ("input", "output", "name", "task", "tag_vocabulary", "model", "device", "dtype", "num_frames",
                 "fps", "max_side", "max_new_tokens", "prune", "keep_ratio", "prune_layer", "fidelity_target",
-                "max_batch_size", "max_batch_tokens", "model_actors", "gpus_per_actor", "pushgateway", "stall_timeout")
+                "max_batch_size", "max_batch_tokens", "model_actors", "gpus_per_actor", "pushgateway", "stall_timeout",
+                "grace_period", "decode_timeout", "decode_attempts", "no_decode_isolation")
 
 
 def _given(args: argparse.Namespace, name: str, default):
@@ -47,6 +49,11 @@ def config_from_flags(args: argparse.Namespace) -> PipelineConfig:
         gpus_per_actor=_given(args, "gpus_per_actor", 0.0),
         pushgateway=args.pushgateway or os.environ.get("IWP_PUSHGATEWAY_URL"),
         stall_timeout_s=_given(args, "stall_timeout", 900.0),
+        grace_period_s=_given(args, "grace_period", PipelineConfig.model_fields["grace_period_s"].default),
+        decode_isolation=DecodeIsolationConfig(
+            enabled=not args.no_decode_isolation,
+            timeout_s=_given(args, "decode_timeout", DecodeIsolationConfig().timeout_s),
+            max_attempts=_given(args, "decode_attempts", DecodeIsolationConfig().max_attempts)),
     )
 
 
@@ -92,6 +99,11 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gpus-per-actor", type=float, help="default 0")
     p.add_argument("--pushgateway", help="Pushgateway URL for the run summary (default: $IWP_PUSHGATEWAY_URL)")
     p.add_argument("--stall-timeout", type=float, help="fail when no item finishes for this many seconds (default 900)")
+    p.add_argument("--grace-period", type=float, help="on SIGTERM, exit (code 143) within this many seconds (default 25)")
+    p.add_argument("--decode-timeout", type=float, help="an item still decoding after this many seconds fails (default 120)")
+    p.add_argument("--decode-attempts", type=int, help="tries for an item whose decoder process crashes (default 3)")
+    p.add_argument("--no-decode-isolation", action="store_true", default=None,
+                   help="decode inside the Ray worker instead of a child process per worker")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -136,9 +148,11 @@ def main(argv: list[str] | None = None) -> int:
     from jobs.submit import SUBMIT_COMMANDS, run_submit_command
     from pipeline.lock import OutputLockedError
     from pipeline.manifest import ManifestError
+    from pipeline.preemption import EXIT_PREEMPTED, Preempted
     from pipeline.progress import StallError
     from pipeline.run import run_pipeline
     from pipeline.sink import FingerprintMismatchError
+    from pipeline.storage import OutputStorageError
 
     if args.command in SUBMIT_COMMANDS:
         return run_submit_command(args)
@@ -151,6 +165,10 @@ def main(argv: list[str] | None = None) -> int:
         cfg = config_from_spec(args) if args.spec else config_from_flags(args)
         print_report(run_pipeline(cfg, retry_failed=args.retry_failed, metrics_port=args.metrics_port))
         return 0
+    except OutputStorageError as exc:
+        print(f"iwp-annotate: output storage error: {exc}; results written so far are kept, free space or fix "
+              "the mount and rerun the same command to finish", file=sys.stderr)
+        return 4
     except (UsageError, SpecError, ManifestError, FileNotFoundError, FingerprintMismatchError, OutputLockedError) as exc:
         print(f"iwp-annotate: error: {exc}", file=sys.stderr)
         return 2
@@ -161,6 +179,10 @@ def main(argv: list[str] | None = None) -> int:
     except StallError as exc:
         print(f"iwp-annotate: stalled: {exc}", file=sys.stderr)
         return 3
+    except Preempted as exc:
+        print(f"iwp-annotate: preempted: {exc}; results written so far are kept, rerun the same command to finish",
+              file=sys.stderr, flush=True)
+        return EXIT_PREEMPTED
 
 
 if __name__ == "__main__":

@@ -12,6 +12,8 @@ generation: {max_new_tokens: 32}
 batching: {max_batch_size: 8, max_batch_tokens: 16384}
 resources: {model_actors: [1, 4], gpus_per_actor: 1, cpus_per_decode_task: 1}
 metrics: {pushgateway: "http://iwp-pushgateway:9091"}   # optional
+grace_period_s: 25               # on SIGTERM, exit within this long (code 143); rerun finishes the rest
+decode_isolation: {enabled: true, timeout_s: 120, max_attempts: 3}
 schedule: "0 2 * * *"            # optional, informational (Kubernetes schedules the runs)
 ```
 
@@ -30,7 +32,8 @@ from urllib.parse import urlsplit
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from pipeline.config import BatchingConfig, GenerationConfig, ModelConfig, PipelineConfig, PruningConfig, SamplingConfig
+from pipeline.config import (BatchingConfig, DecodeIsolationConfig, GenerationConfig, ModelConfig, PipelineConfig,
+                             PruningConfig, SamplingConfig)
 from pipeline.tags import vocabulary_problem
 
 MAX_SPEC_BYTES = 1 << 20
@@ -182,6 +185,8 @@ class JobSpec(_Strict):
     batching: BatchingConfig = BatchingConfig()
     resources: ResourcesSpec = ResourcesSpec()
     metrics: MetricsSpec = MetricsSpec()
+    grace_period_s: float = _same_as_pipeline("grace_period_s")
+    decode_isolation: DecodeIsolationConfig = DecodeIsolationConfig()
     schedule: str | None = Field(None, description="cron schedule (5 fields); informational, Kubernetes runs it")
 
     @field_validator("metrics", mode="before")
@@ -214,6 +219,8 @@ class JobSpec(_Strict):
             "cpus_per_model_actor": self.resources.cpus_per_model_actor,
             "cpus_per_decode_task": self.resources.cpus_per_decode_task,
             "pushgateway": self.metrics.pushgateway,
+            "grace_period_s": self.grace_period_s,
+            "decode_isolation": self.decode_isolation,
         }
 
     def to_pipeline_config(self) -> PipelineConfig:
@@ -233,7 +240,8 @@ class JobSpec(_Strict):
             resources=ResourcesSpec(model_actors=cfg.model_actors, gpus_per_actor=cfg.gpus_per_actor,
                                     cpus_per_model_actor=cfg.cpus_per_model_actor,
                                     cpus_per_decode_task=cfg.cpus_per_decode_task),
-            metrics=MetricsSpec(pushgateway=cfg.pushgateway), schedule=schedule,
+            metrics=MetricsSpec(pushgateway=cfg.pushgateway), grace_period_s=cfg.grace_period_s,
+            decode_isolation=cfg.decode_isolation, schedule=schedule,
         )
 
 

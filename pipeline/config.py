@@ -63,6 +63,14 @@ class BatchingConfig(_Strict):
     max_batch_tokens: int = Field(16384, ge=1, description="sum of padded sequence lengths per forward pass")
 
 
+class DecodeIsolationConfig(_Strict):
+    """Decode each item in a child process, so media that crashes or hangs its decoder fails alone."""
+
+    enabled: bool = Field(True, description="decode in a child process; off decodes inside the Ray worker")
+    timeout_s: float = Field(120.0, gt=0, description="an item still decoding after this long fails as DecodeTimeout")
+    max_attempts: int = Field(3, ge=1, le=10, description="tries per item whose decoder process dies before DecoderCrashed")
+
+
 class PipelineConfig(_Strict):
     name: str = Field("iwp-annotate", pattern=r"^[a-z0-9][a-z0-9-]{0,62}$", description="job name: metrics label and Pushgateway group")
     input: str
@@ -81,6 +89,8 @@ class PipelineConfig(_Strict):
     cpus_per_decode_task: float = Field(1.0, gt=0)
     pushgateway: str | None = Field(None, description="Pushgateway URL for the end-of-run summary")
     stall_timeout_s: float = Field(900.0, gt=0, description="fail the job when no item finishes for this long")
+    grace_period_s: float = Field(25.0, gt=0, description="on SIGTERM, exit within this many seconds (exit code 143)")
+    decode_isolation: DecodeIsolationConfig = DecodeIsolationConfig()
 
     @model_validator(mode="after")
     def _tagging_needs_vocabulary(self) -> PipelineConfig:

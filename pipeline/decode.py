@@ -12,9 +12,10 @@ import time
 import numpy as np
 from PIL import Image, ImageOps
 
-from pipeline.config import SamplingConfig
+from pipeline.config import DecodeIsolationConfig, SamplingConfig
 from pipeline.manifest import infer_media_type
 from pipeline.schema import FAILED, OK, RESULT_SCHEMA, is_present, mark_failed
+from pipeline.sandbox import run_isolated
 from pipeline.storage import read_bytes, resolve
 from pipeline.tensors import pack
 
@@ -100,8 +101,20 @@ def decode_image(uri: str, cfg: SamplingConfig) -> np.ndarray:
         return np.asarray(img)[None]
 
 
-def decode_row(row: dict, cfg: SamplingConfig) -> dict:
-    """Decode one manifest row; failures become fields on the row."""
+def decode_media(uri: str, media_type: str, cfg: SamplingConfig, start_s: float | None,
+                 end_s: float | None) -> tuple[np.ndarray, float]:
+    """Frames and fps (0 for images) of one item; what the isolated child process runs."""
+    if media_type == "video":
+        return decode_video(uri, cfg, start_s, end_s)
+    return decode_image(uri, cfg), 0.0
+
+
+def decode_row(row: dict, cfg: SamplingConfig, isolation: DecodeIsolationConfig | None = None) -> dict:
+    """Decode one manifest row; failures become fields on the row.
+
+    With `isolation` enabled the media is decoded in this worker's child process
+    (`pipeline.sandbox`), so a decoder crash or hang fails only this row.
+    """
     for name in RESULT_SCHEMA.names:  # every row carries every field, so batches share one schema
         row.setdefault(name, None)
     for key in ("start_s", "end_s", "media_type"):
@@ -119,10 +132,11 @@ def decode_row(row: dict, cfg: SamplingConfig) -> dict:
                 f"cannot tell media type of {row['uri']!r}: set media_type to 'video' or 'image'"
             )
         row["media_type"] = media_type
-        if media_type == "video":
-            frames, row["fps"] = decode_video(row["uri"], cfg, row.get("start_s"), row.get("end_s"))
+        args = (row["uri"], media_type, cfg, row.get("start_s"), row.get("end_s"))
+        if isolation is not None and isolation.enabled:
+            frames, row["fps"] = run_isolated(decode_media, args, isolation.timeout_s, isolation.max_attempts)
         else:
-            frames = decode_image(row["uri"], cfg)
+            frames, row["fps"] = decode_media(*args)
         row["num_frames"] = int(frames.shape[0])
         row["frames"] = pack({"frames": frames})
     except Exception as exc:  # one bad item must become a failed row, whatever it raised

@@ -11,6 +11,7 @@ scheduler's own exclusion (CronJob `concurrencyPolicy: Forbid`) is the real guar
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
 import time
@@ -19,9 +20,10 @@ from contextlib import contextmanager
 
 import pyarrow.fs as pafs
 
-from pipeline.storage import resolve
+from pipeline.storage import OutputStorageError, resolve
 
 LOCK_NAME = "_lock.json"
+log = logging.getLogger("iwp_annotate")
 
 
 class OutputLockedError(RuntimeError):
@@ -51,8 +53,19 @@ def _read(fs: pafs.FileSystem, path: str) -> dict:
 @contextmanager
 def output_lock(output: str, run_id: str) -> Iterator[None]:
     fs, root = resolve(output)
-    fs.create_dir(root, recursive=True)
     path = f"{root}/{LOCK_NAME}"
+    try:
+        _acquire(fs, root, path, output, run_id)
+    except OSError as exc:
+        raise OutputStorageError(f"cannot take the output lock {path}: {exc}") from exc
+    try:
+        yield
+    finally:
+        _release(fs, path, run_id)
+
+
+def _acquire(fs: pafs.FileSystem, root: str, path: str, output: str, run_id: str) -> None:
+    fs.create_dir(root, recursive=True)
     me = {"run_id": run_id, "pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}
     blob = json.dumps(me).encode()
     for _ in range(2):
@@ -79,8 +92,12 @@ def output_lock(output: str, run_id: str) -> Iterator[None]:
         fs.delete_file(path)
     else:
         raise OutputLockedError(f"could not take the lock {path}: another run took it at the same moment")
+
+
+def _release(fs: pafs.FileSystem, path: str, run_id: str) -> None:
+    """Never masks the run's own error: a lock left behind by a dead process is taken over."""
     try:
-        yield
-    finally:
         if _read(fs, path).get("run_id") == run_id:
             fs.delete_file(path)
+    except OSError as exc:
+        log.warning("could not remove the output lock %s (%s); the next run takes it over", path, exc)

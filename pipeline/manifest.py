@@ -51,6 +51,25 @@ def read_manifest(uri: str) -> pa.Table:
     return validate_manifest(table, uri)
 
 
+def _check_utf8(table: pa.Table, name: str, source: str) -> None:
+    """Parquet does not enforce UTF-8; a bad string would otherwise crash a stage far from here."""
+    column = table[name]
+    if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
+        return
+    try:
+        column.validate(full=True)
+    except pa.ArrowInvalid:
+        rows = []
+        for i, value in enumerate(column.cast(pa.large_binary()).to_pylist()):
+            try:
+                value is None or value.decode("utf-8")
+            except UnicodeDecodeError:
+                rows.append(i)
+                if len(rows) == 5:
+                    break
+        raise ManifestError(f"{source}: column {name!r} holds bytes that are not valid UTF-8 at row(s) {rows}") from None
+
+
 def validate_manifest(table: pa.Table, source: str = "manifest") -> pa.Table:
     missing = [c for c in REQUIRED if c not in table.column_names]
     if missing:
@@ -60,6 +79,8 @@ def validate_manifest(table: pa.Table, source: str = "manifest") -> pa.Table:
     for name in REQUIRED:
         if not (pa.types.is_string(table[name].type) or pa.types.is_large_string(table[name].type)):
             raise ManifestError(f"{source}: column {name!r} must be strings, got {table[name].type}")
+    for name in table.column_names:
+        _check_utf8(table, name, source)
     table = table.set_column(table.schema.get_field_index("id"), "id", table["id"].cast(pa.string()))
     table = table.set_column(table.schema.get_field_index("uri"), "uri", table["uri"].cast(pa.string()))
     empty = pc.fill_null(pc.equal(pc.utf8_trim_whitespace(table["id"]), ""), True)

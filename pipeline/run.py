@@ -13,6 +13,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import ray
 
+from pipeline import preemption
 from pipeline.config import PipelineConfig
 from pipeline.decode import decode_row
 from pipeline.engine import ModelEngine
@@ -24,7 +25,9 @@ from pipeline.preprocess import preprocess_row
 from pipeline.progress import ProgressBoard, ProgressDisplay, StallError, diagnose, watched
 from pipeline.pushgateway import JobSummary, push_summary
 from pipeline.runlog import RunRecord, write_record
-from pipeline.sink import RESULTS_DIR, Summary, fill_missing, plan_resume, read_results, reconcile, subdir, summarise, write_batch
+from pipeline.sink import (RESULTS_DIR, Summary, fill_missing, plan_resume, read_results, reconcile, subdir, summarise,
+                           sweep_temporary, write_batch)
+from pipeline.storage import OutputStorageError, storage_error
 from pipeline.stages import run_stage
 
 
@@ -53,9 +56,13 @@ def ensure_ray(metrics_port: int | None = None) -> None:
         ray.init(include_dashboard=False, logging_level=logging.WARNING, _metrics_export_port=metrics_port)
 
 
-def blocks_of(manifest: pa.Table, target_blocks: int = 200, max_rows: int = 64) -> list[pa.Table]:
-    """Slice the manifest so decode work spreads over many tasks, even for tiny manifests."""
-    rows = max(1, min(max_rows, math.ceil(len(manifest) / target_blocks)))
+def blocks_of(manifest: pa.Table, target_blocks: int = 200, max_rows: int = 64, max_blocks: int = 1000) -> list[pa.Table]:
+    """Slice the manifest so decode work spreads over many tasks, even for tiny manifests.
+
+    At most `max_blocks`: each block costs the driver a few ms to hand to Ray before
+    anything runs (a 1M-row manifest in 64-row blocks took a minute to plan).
+    """
+    rows = max(1, min(max_rows, math.ceil(len(manifest) / target_blocks)), math.ceil(len(manifest) / max_blocks))
     return [manifest.slice(i, rows) for i in range(0, len(manifest), rows)]
 
 
@@ -68,7 +75,7 @@ def build_dataset(cfg: PipelineConfig, todo: pa.Table, run_id: str, fingerprint:
                  "batch_size": cfg.batching.rows_per_decode_batch}
     ds = ray.data.from_arrow(blocks_of(todo))
     ds = ds.map_batches(run_stage, fn_kwargs={"fn": decode_row, "stage": "decode", "board": board, "tags": tags,
-                                              "cfg": cfg.sampling}, **cpu_stage)
+                                              "cfg": cfg.sampling, "isolation": cfg.decode_isolation}, **cpu_stage)
     ds = ds.map_batches(run_stage, fn_kwargs={"fn": preprocess_row, "stage": "preprocess", "board": board, "tags": tags,
                                               "model_path": cfg.model.path, "gen": cfg.generation,
                                               "trust_remote_code": cfg.model.trust_remote_code,
@@ -95,16 +102,38 @@ def build_dataset(cfg: PipelineConfig, todo: pa.Table, run_id: str, fingerprint:
 def _execute(cfg: PipelineConfig, todo: pa.Table, run_id: str, fingerprint: str, partition: str,
              metrics_port: int | None, progress_stream) -> None:
     ensure_ray(metrics_port)
-    ray.data.DataContext.get_current().enable_progress_bars = False  # ours shows items, with the ETA
+    preemption.install(cfg.grace_period_s)  # again: ray.init replaced our SIGTERM handler with its own
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False  # ours shows items, with the ETA
+    ctx.raise_original_map_exception = True  # keeps e.g. OutputStorageError recognisable at the driver
     board = ProgressBoard.remote()
     display = ProgressDisplay(len(todo), stream=progress_stream)
     batches = build_dataset(cfg, todo, run_id, fingerprint, partition, board).iter_batches(batch_size=None, batch_format="pyarrow")
     try:
         for batch in watched(batches, cfg.stall_timeout_s, lambda s: diagnose(board, len(todo), s)):
             display.update(len(batch))
+    except preemption.Preempted:
+        # Stop in-flight tasks while the output lock is still held; the rerun redoes their items.
+        ray.shutdown()
+        raise
     finally:
         display.close()
-        ray.kill(board)
+        if ray.is_initialized():
+            ray.kill(board)
+
+
+def _outcome(exc: BaseException) -> str:
+    if isinstance(exc, preemption.Preempted):
+        return "preempted"
+    return "stalled" if isinstance(exc, StallError) else "failed"
+
+
+def _try_write_record(output: str, record: RunRecord) -> None:
+    """Record how the run ended if the storage still allows it; never hide the run's own error."""
+    try:
+        write_record(output, record)
+    except OutputStorageError as exc:
+        logging.getLogger("iwp_annotate").warning("%s", exc)
 
 
 def job_summary(cfg: PipelineConfig, run: pa.Table, seconds: float) -> JobSummary:
@@ -126,14 +155,22 @@ def run_pipeline(cfg: PipelineConfig, *, retry_failed: bool = False, metrics_por
                  progress_stream=None) -> RunReport:
     """Validate, skip ids already done under the same fingerprint, stream the rest to Parquet.
 
-    Pushes a summary to the Pushgateway at the end (success) or on any failure.
+    Pushes a summary to the Pushgateway at the end (success) or on any failure. SIGTERM
+    raises `preemption.Preempted` (see there); a failed write to the output raises
+    OutputStorageError naming the path, also when a Ray task hit it.
     """
     started = time.perf_counter()
+    restore = preemption.install(cfg.grace_period_s)
     try:
         return _run(cfg, retry_failed, metrics_port, progress_stream, started)
-    except BaseException:
+    except BaseException as exc:
         push_summary(cfg.pushgateway, JobSummary(job=cfg.name, succeeded=False, duration_s=time.perf_counter() - started))
+        cause = storage_error(exc)
+        if cause is not None and cause is not exc:
+            raise OutputStorageError(str(cause)) from exc
         raise
+    finally:
+        restore()
 
 
 def _run(cfg: PipelineConfig, retry_failed: bool, metrics_port: int | None, progress_stream, started: float) -> RunReport:
@@ -147,6 +184,7 @@ def _run(cfg: PipelineConfig, retry_failed: bool, metrics_port: int | None, prog
     with output_lock(cfg.output, run_id):
         record = RunRecord(run_id=run_id, fingerprint=fingerprint, input=cfg.input, partition=partition)
         try:
+            sweep_temporary(cfg.output)
             todo = plan_resume(cfg.output, manifest, fingerprint, retry_failed)
             record.todo, record.skipped = len(todo), len(manifest) - len(todo)
             write_record(cfg.output, record)
@@ -154,8 +192,8 @@ def _run(cfg: PipelineConfig, retry_failed: bool, metrics_port: int | None, prog
                 _execute(cfg, todo, run_id, fingerprint, partition, metrics_port, progress_stream)
             fill_missing(cfg.output, manifest, reconcile(cfg.output)["id"], run_id, fingerprint, partition)
         except BaseException as exc:
-            record.finish("stalled" if isinstance(exc, StallError) else "failed", error=f"{type(exc).__name__}: {exc}"[:2000])
-            write_record(cfg.output, record)
+            record.finish(_outcome(exc), error=f"{type(exc).__name__}: {exc}"[:2000])
+            _try_write_record(cfg.output, record)
             raise
         seconds = time.perf_counter() - started
         table = read_results(cfg.output)

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 
 import pyarrow.fs as pafs
 
-from pipeline.storage import resolve
+from pipeline.storage import OutputStorageError, resolve
 
 RUNS_DIR = "_runs"
 
@@ -42,9 +42,13 @@ class RunRecord:
 
 def write_record(output: str, record: RunRecord) -> None:
     fs, root = resolve(output.rstrip("/") + "/" + RUNS_DIR)
-    fs.create_dir(root, recursive=True)
-    with fs.open_output_stream(f"{root}/{record.run_id}.json") as f:
-        f.write(json.dumps(asdict(record), indent=1).encode())
+    path = f"{root}/{record.run_id}.json"
+    try:
+        fs.create_dir(root, recursive=True)
+        with fs.open_output_stream(path) as f:
+            f.write(json.dumps(asdict(record), indent=1).encode())
+    except OSError as exc:
+        raise OutputStorageError(f"cannot write run log {path}: {exc}") from exc
 
 
 def read_records(output: str) -> list[dict]:

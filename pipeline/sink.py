@@ -31,9 +31,10 @@ import pyarrow.parquet as pq
 from pipeline.metrics import stage_metrics
 from pipeline.progress import report
 from pipeline.schema import FAILED, OK, RESULT_SCHEMA
-from pipeline.storage import resolve
+from pipeline.storage import OutputStorageError, resolve
 
 RESULTS_DIR, DEAD_LETTER_DIR, QUARANTINE_DIR = "results", "dead_letter", "quarantine"
+TMP_PREFIX = ".tmp-"  # a file being written; never read as a result (readers take only part-*.parquet)
 PROGRESS_COLUMNS = ("id", "status", "error_type", "stage", "media_type", "num_frames", "num_visual_tokens",
                     "num_kept_tokens", "weight_fidelity", "latency_s")
 
@@ -47,20 +48,44 @@ def subdir(output: str, name: str) -> str:
 
 
 def _atomic_write(table: pa.Table, uri: str) -> None:
+    """Write `uri` whole or not at all; a storage failure raises OutputStorageError naming it."""
     fs, path = resolve(uri)
     parent = path.rsplit("/", 1)[0]
-    fs.create_dir(parent, recursive=True)
-    if isinstance(fs, pafs.LocalFileSystem):
-        tmp = f"{parent}/.tmp-{uuid.uuid4().hex}"
-        try:
-            pq.write_table(table, tmp, filesystem=fs)
-            fs.move(tmp, path)
-        except BaseException:
-            if fs.get_file_info(tmp).type != pafs.FileType.NotFound:
-                fs.delete_file(tmp)
-            raise
-    else:  # an object-store PUT is atomic: the object appears whole or not at all
-        pq.write_table(table, path, filesystem=fs)
+    try:
+        fs.create_dir(parent, recursive=True)
+        if isinstance(fs, pafs.LocalFileSystem):
+            tmp = f"{parent}/{TMP_PREFIX}{uuid.uuid4().hex}"
+            try:
+                pq.write_table(table, tmp, filesystem=fs)
+                fs.move(tmp, path)
+            except BaseException:
+                _discard(fs, tmp)
+                raise
+        else:  # an object-store PUT is atomic: the object appears whole or not at all
+            pq.write_table(table, path, filesystem=fs)
+    except OSError as exc:
+        raise OutputStorageError(f"cannot write {uri}: {exc}") from exc
+
+
+def _discard(fs: pafs.FileSystem, tmp: str) -> None:
+    """Best effort: on read-only storage the temporary file stays, and readers skip it by name."""
+    try:
+        if fs.get_file_info(tmp).type != pafs.FileType.NotFound:
+            fs.delete_file(tmp)
+    except OSError:
+        pass
+
+
+def sweep_temporary(output: str) -> int:
+    """Delete temporary files that killed writers left; only safe while holding the output lock."""
+    removed = 0
+    for name in (RESULTS_DIR, DEAD_LETTER_DIR):
+        fs, path = resolve(subdir(output, name))
+        for info in fs.get_file_info(pafs.FileSelector(path, allow_not_found=True, recursive=True)):
+            if info.is_file and info.base_name.startswith(TMP_PREFIX):
+                fs.delete_file(info.path)
+                removed += 1
+    return removed
 
 
 def write_batch(table: pa.Table, output: str, run_id: str, fingerprint: str, partition: str, board: Any = None,

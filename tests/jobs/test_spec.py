@@ -237,3 +237,18 @@ def test_spec_is_immutable():
     spec = parse_spec(spec_text())
     with pytest.raises(Exception):
         spec.name = "other"
+
+
+def test_grace_period_and_decode_isolation_reach_the_pipeline_config_from_spec_and_flags():
+    from jobs.cli import config_from_flags, parser
+
+    spec = parse_spec(spec_text(grace_period_s=7, decode_isolation={"timeout_s": 9, "max_attempts": 2}))
+    cfg = spec.to_pipeline_config()
+    assert cfg.grace_period_s == 7 and (cfg.decode_isolation.timeout_s, cfg.decode_isolation.max_attempts) == (9, 2)
+    assert JobSpec.from_pipeline_config(cfg).to_pipeline_config() == cfg
+    assert "grace_period_s: Input should be greater than 0" in " ".join(problems_of(spec_text(grace_period_s=0)))
+    args = parser().parse_args(["run", "--input", "m.parquet", "--output", "o", "--model", str(REPO),
+                                "--grace-period", "11", "--decode-attempts", "5", "--no-decode-isolation"])
+    flags = config_from_flags(args)
+    assert flags.grace_period_s == 11 and flags.decode_isolation.max_attempts == 5 and not flags.decode_isolation.enabled
+    assert config_from_flags(parser().parse_args(["run", "--input", "m", "--output", "o", "--model", str(REPO)])).decode_isolation.enabled

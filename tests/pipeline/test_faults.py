@@ -17,6 +17,7 @@ import pytest
 from pipeline.config import GenerationConfig, ModelConfig, PipelineConfig
 from pipeline.run import run_pipeline
 from pipeline.sink import read_results
+from reference.faults import MODEL_WORKER, stage_workers
 from reference.media import write_image
 
 
@@ -78,8 +79,6 @@ def test_job_on_a_two_node_cluster_through_ray_address(two_node_cluster, tmp_pat
 
 
 def test_killed_model_actor_is_restarted_and_its_items_redone(tmp_path, tiny_model_dir, ray_local):
-    import psutil
-
     count = 48
     cfg = PipelineConfig(input=image_manifest(tmp_path, count), output=str(tmp_path / "out"),
                          model=ModelConfig(path=str(tiny_model_dir)), generation=GenerationConfig(max_new_tokens=24))
@@ -87,8 +86,9 @@ def test_killed_model_actor_is_restarted_and_its_items_redone(tmp_path, tiny_mod
     runner = threading.Thread(target=lambda: outcome.update(report=run_pipeline(cfg)), daemon=True)
     runner.start()
     wait_for(lambda: result_files(tmp_path / "out"), 300, "the first result file")
-    # Ray titles actor processes "ray::MapWorker(MapBatches(ModelEngine))...".
-    victims = [p for p in psutil.process_iter(["cmdline"]) if "ModelEngine" in " ".join(p.info["cmdline"] or [])]
+    # Ray titles actor processes "ray::MapWorker(MapBatches(ModelEngine))..."; only this session's
+    # Ray (started by this process) is searched, never other jobs on the machine.
+    victims = [proc for _, proc in stage_workers(os.getpid(), (MODEL_WORKER,))]
     assert victims, "no live model actor process found"
     for proc in victims:
         proc.kill()

@@ -65,3 +65,53 @@ def test_missing_and_unreadable_manifest(tmp_path):
 )
 def test_infer_media_type(uri, kind):
     assert infer_media_type(uri) == kind
+
+
+def invalid_utf8(values: list[bytes]) -> pa.Array:
+    """A string column holding raw bytes: Parquet stores it without checking UTF-8."""
+    offsets = [0]
+    for v in values:
+        offsets.append(offsets[-1] + len(v))
+    return pa.Array.from_buffers(pa.string(), len(values), [None, pa.array(offsets, pa.int32()).buffers()[1],
+                                                            pa.py_buffer(b"".join(values))])
+
+
+@pytest.mark.parametrize("column", ["uri", "prompt"])
+def test_non_utf8_strings_are_refused_naming_column_and_rows(tmp_path, column):
+    good = pa.array(["a.mp4", "b.mp4", "c.mp4"])
+    t = pa.table({"id": ["a", "b", "c"], "uri": good, "prompt": good})
+    t = t.set_column(t.schema.get_field_index(column), column, invalid_utf8([b"fine", b"caf\xe9", b"\xff\xfe"]))
+    with pytest.raises(ManifestError, match=rf"column '{column}' holds bytes that are not valid UTF-8 at row\(s\) \[1, 2\]"):
+        read_manifest(write(tmp_path, t))
+
+
+def test_empty_manifest_is_refused_before_any_work(tmp_path, tiny_model_dir):
+    from pipeline.config import ModelConfig, PipelineConfig
+    from pipeline.run import run_pipeline
+
+    manifest = write(tmp_path, pa.table({"id": pa.array([], pa.string()), "uri": pa.array([], pa.string())}))
+    cfg = PipelineConfig(input=manifest, output=str(tmp_path / "out"), model=ModelConfig(path=str(tiny_model_dir)))
+    with pytest.raises(ManifestError, match="has no rows"):
+        run_pipeline(cfg)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_million_row_manifest_plans_quickly_without_touching_media(tmp_path, ray_local):
+    """Every URI points nowhere: planning that opened media would fail, not just be slow."""
+    import time
+
+    from pipeline.run import blocks_of
+    from pipeline.sink import plan_resume
+
+    n = 1_000_000
+    ids = pa.array([f"id-{i:07d}" for i in range(n)])
+    uris = pa.array([f"/nonexistent/media/{i:07d}.mp4" for i in range(n)])
+    path = write(tmp_path, pa.table({"id": ids, "uri": uris}))
+    started = time.perf_counter()
+    todo = plan_resume(str(tmp_path / "out"), read_manifest(path), "fingerprint", retry_failed=False)
+    blocks = blocks_of(todo)
+    dataset = ray_local.data.from_arrow(blocks)
+    took = time.perf_counter() - started
+    assert len(todo) == n and sum(len(b) for b in blocks) == n and len(blocks) <= 1000
+    assert dataset.num_blocks() == len(blocks)
+    assert took < 60, f"planning 1M rows took {took:.1f} s"

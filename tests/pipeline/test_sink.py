@@ -33,3 +33,33 @@ def test_plan_resume_skips_done_ids_and_counts_attempts(tmp_path):
     todo = plan_resume(out, manifest, "fp", retry_failed=True)
     assert todo["id"].to_pylist() == ["b", "c"] and todo["attempt"].to_pylist() == [3, 1]
     assert read_results(out)["id"].to_pylist() == ["a"]
+
+
+def test_temporary_leftovers_are_never_taken_as_done_and_are_swept(tmp_path):
+    """A writer killed between write and rename leaves `.tmp-*`: readers skip it, the next run deletes it."""
+    import pyarrow.parquet as pq
+
+    from pipeline.sink import sweep_temporary
+
+    out = str(tmp_path)
+    write_batch(rows(("a", "ok", 1)), out, "r1", "fp", "date=2026-01-01")
+    partition = tmp_path / "results" / "date=2026-01-01"
+    pq.write_table(rows(("a", "ok", 1), ("b", "ok", 1)), partition / ".tmp-0123abcd")
+    (tmp_path / "dead_letter").mkdir()
+    (tmp_path / "dead_letter" / ".tmp-4567").write_bytes(b"PAR1 half a file")
+    assert read_results(out)["id"].to_pylist() == ["a"]
+    assert reconcile(out)["id"].to_pylist() == ["a"]
+    manifest = pa.table({"id": ["a", "b"], "uri": ["x", "y"]})
+    assert plan_resume(out, manifest, "fp", retry_failed=False)["id"].to_pylist() == ["b"]
+    assert sweep_temporary(out) == 2
+    assert not list(tmp_path.rglob(".tmp-*"))
+
+
+def test_a_failed_write_names_the_path_and_leaves_no_file(tmp_path):
+    import pytest
+
+    from pipeline.storage import OutputStorageError
+
+    (tmp_path / "results").write_text("a file where the results folder should be")
+    with pytest.raises(OutputStorageError, match=f"cannot write {tmp_path}/results/date=d/part-"):
+        write_batch(rows(("a", "ok", 1)), str(tmp_path), "r1", "fp", "date=d")
