@@ -13,13 +13,7 @@ import tempfile
 import time
 from pathlib import Path
 
-
-def psutil_module():
-    """psutil, from the test extra or else the copy Ray bundles (on sys.path once ray is imported)."""
-    import ray  # noqa: F401
-    import psutil
-
-    return psutil
+import psutil
 
 
 def free_port() -> int:
@@ -78,7 +72,7 @@ class LocalCluster:
 
     def kill_node(self, index: int) -> int:
         """SIGKILL a whole node at once (its `ray start`, raylet, agents, workers); returns how many processes."""
-        root = psutil_module().Process(self.nodes[index].pid)
+        root = psutil.Process(self.nodes[index].pid)
         victims = [root, *root.children(recursive=True)]
         for proc in victims:
             try:

@@ -11,14 +11,14 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from typing import Any
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import psutil
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from reference.cluster import psutil_module
 from reference.media import write_image, write_video
 
 # Ray titles its worker processes "ray::<what runs there>"; these name our stages' workers.
@@ -93,7 +93,6 @@ def cli_env(**extra: str) -> dict[str, str]:
 def stage_workers(root_pid: int, markers: tuple[str, ...] = (MODEL_WORKER, CPU_STAGE_WORKER)) -> list[tuple[str, Any]]:
     """(marker, psutil process) for each Ray worker below `root_pid` (a driver that started its own
     Ray, or a node's `ray start`) running one of our stages now; never another job's workers."""
-    psutil = psutil_module()
     try:
         children = psutil.Process(root_pid).children(recursive=True)
     except psutil.NoSuchProcess:  # the run just ended
