@@ -3,12 +3,18 @@
     iwp-annotate submit SPEC.yaml --address http://HEAD:8265 [--env AWS_ACCESS_KEY_ID ...]
     iwp-annotate status JOB_ID --address http://HEAD:8265 [--wait]
     iwp-annotate logs JOB_ID --address http://HEAD:8265 [--follow]
+    iwp-annotate stop JOB_ID --address http://HEAD:8265 [--wait]
 
 The spec is validated here first. The job's entrypoint is `iwp-annotate run job.yaml`; its
 runtime_env `working_dir` is a fresh directory holding only the spec, renamed job.yaml, so
 the spec travels with the job and nothing else from this machine does. Environment variables
 reach the job only when named with `--env NAME`, and their values are read from this
 process's environment at submit time, never from the spec.
+
+`stop` makes Ray's job supervisor send the driver SIGTERM, which the run treats as a
+preemption (finish cleanly within the spec's `grace_period_s`, exit 143; a rerun resumes).
+The supervisor SIGKILLs the driver after `RAY_JOB_STOP_WAIT_TIME_S` (Ray's default: 3 s),
+so every submission sets that to the grace period plus a margin.
 
 The cluster must have `iwp-annotate` on PATH (the project image does). With Ray token
 authentication on, set RAY_AUTH_MODE=token here and keep the token where Ray looks for it
@@ -19,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import os
 import re
 import secrets
@@ -31,11 +38,13 @@ from dataclasses import dataclass, field
 
 from jobs.spec import JobSpec, SpecError, parse_spec, read_spec_bytes
 
-SUBMIT_COMMANDS = ("submit", "status", "logs")
+SUBMIT_COMMANDS = ("submit", "status", "logs", "stop")
 TERMINAL_STATUSES = frozenset({"SUCCEEDED", "FAILED", "STOPPED"})
 SPEC_NAME_IN_JOB = "job.yaml"
 ENTRYPOINT = f"iwp-annotate run {SPEC_NAME_IN_JOB}"
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+STOP_WAIT_ENV = "RAY_JOB_STOP_WAIT_TIME_S"
+STOP_WAIT_MARGIN_S = 5
 
 
 class SubmitError(ValueError):
@@ -52,6 +61,11 @@ class Submission:
     env_vars: dict[str, str] = field(repr=False)  # values may be secrets
     metadata: dict[str, str]
     submission_id: str
+
+    def runtime_env_vars(self) -> dict[str, str]:
+        """What the job's processes get: the stop wait (see the module docstring), then the named variables."""
+        stop_wait = str(math.ceil(self.spec.grace_period_s) + STOP_WAIT_MARGIN_S)
+        return {STOP_WAIT_ENV: stop_wait, **self.env_vars}
 
 
 def _check_paths(spec: JobSpec) -> None:
@@ -109,9 +123,7 @@ def submit(spec_path: str, address: str | None, *, env_names: Sequence[str] = ()
     try:
         with open(os.path.join(workdir, SPEC_NAME_IN_JOB), "wb") as f:
             f.write(sub.spec_bytes)
-        runtime_env: dict = {"working_dir": workdir}
-        if sub.env_vars:
-            runtime_env["env_vars"] = sub.env_vars
+        runtime_env: dict = {"working_dir": workdir, "env_vars": sub.runtime_env_vars()}
         # submit_job packs and uploads working_dir before it returns. A cluster that has just
         # started may not have a job agent yet; Ray then refuses and asks to try again.
         deadline = time.monotonic() + agent_wait_s
@@ -130,6 +142,11 @@ def submit(spec_path: str, address: str | None, *, env_names: Sequence[str] = ()
 def status(job_id: str, address: str | None) -> str:
     """The job's status: PENDING, RUNNING, STOPPED, SUCCEEDED or FAILED."""
     return str(_client(address).get_job_status(job_id).value)
+
+
+def stop(job_id: str, address: str | None) -> bool:
+    """Ask the cluster to stop the job (SIGTERM to its driver); False if it had already ended."""
+    return bool(_client(address).stop_job(job_id))
 
 
 def wait(job_id: str, address: str | None, *, timeout_s: float | None = None, poll_s: float = 2.0) -> str:
@@ -178,7 +195,7 @@ def _address_option(p: argparse.ArgumentParser) -> None:
 
 
 def add_submit_commands(subparsers) -> None:
-    """Add `submit`, `status` and `logs` to an argparse sub-command set (dest 'command')."""
+    """Add `submit`, `status`, `logs` and `stop` to an argparse sub-command set (dest 'command')."""
     p = subparsers.add_parser("submit", help="validate a job spec and submit it to a Ray cluster")
     p.add_argument("spec", help="job spec YAML (local path or pyarrow URI)")
     _address_option(p)
@@ -200,6 +217,12 @@ def add_submit_commands(subparsers) -> None:
     _address_option(p)
     p.add_argument("--follow", action="store_true", help="keep printing until the job finishes")
 
+    p = subparsers.add_parser("stop", help="stop a submitted job: its driver gets SIGTERM and stops cleanly")
+    p.add_argument("job_id")
+    _address_option(p)
+    p.add_argument("--wait", action="store_true", help="wait until the job has ended; print its final status")
+    p.add_argument("--timeout", type=float, default=None, help="with --wait: give up after this many seconds")
+
 
 def _finish(job_id: str, address: str | None, timeout: float | None) -> int:
     state = wait(job_id, address, timeout_s=timeout)
@@ -213,7 +236,7 @@ def _finish(job_id: str, address: str | None, timeout: float | None) -> int:
 
 
 def run_submit_command(args: argparse.Namespace) -> int:
-    """Run `submit`, `status` or `logs` from parsed arguments; returns the exit code
+    """Run `submit`, `status`, `logs` or `stop` from parsed arguments; returns the exit code
     (0 ok; 1 job did not succeed, with --wait; 2 refused or the cluster could not be asked)."""
     try:
         if args.command == "submit":
@@ -234,6 +257,12 @@ def run_submit_command(args: argparse.Namespace) -> int:
             for chunk in [out] if isinstance(out, str) else out:
                 sys.stdout.write(chunk)
                 sys.stdout.flush()
+            return 0
+        if args.command == "stop":
+            if not stop(args.job_id, args.address):
+                print(f"iwp-annotate: job {args.job_id} had already ended", file=sys.stderr)
+            if args.wait:
+                print(wait(args.job_id, args.address, timeout_s=args.timeout), flush=True)
             return 0
         raise ValueError(f"not a submit command: {args.command!r}")
     except (SpecError, SubmitError, TimeoutError) as exc:
