@@ -24,7 +24,7 @@ WORDS = (
     "red green blue yellow white black orange purple circle square triangle star small "
     "large big moving left right up down top bottom center corner background object objects "
     "frame scene appears disappears still static user assistant system describe caption tag "
-    "tags what this picture clip list you helpful : , . \n"
+    "tags what this picture clip list you helpful which these apply answer only : , . ? \n"
 ).split(" ")
 
 QWEN_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
