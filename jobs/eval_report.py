@@ -66,7 +66,8 @@ def plot(results: dict[str, Any], out: Path) -> list[Path]:
             ax.set_xticks([5.6, 11.1, 22.2, 35.3], labels=["5.6", "11.1", "22.2", "35.3"])
     for ax in axes[1]:
         ax.set_xlabel("visual tokens kept (%)")
-    axes[0][0].legend(fontsize=8)
+    if axes[0][0].get_legend_handles_labels()[0]:
+        axes[0][0].legend(fontsize=8)
     fig.tight_layout()
     paths = [out / "accuracy_vs_keep.png"]
     fig.savefig(paths[0], dpi=110)
@@ -81,7 +82,8 @@ def plot(results: dict[str, Any], out: Path) -> list[Path]:
                 ax.scatter(*zip(*pts), label=method, s=24)
         ax.set(title=f"{media}: weight fidelity vs caption accuracy", xlabel="mean weight fidelity",
                ylabel="caption attribute acc. (% of unpruned)")
-    axes[0].legend(fontsize=8)
+    if axes[0].get_legend_handles_labels()[0]:
+        axes[0].legend(fontsize=8)
     fig.tight_layout()
     paths.append(out / "fidelity_vs_accuracy.png")
     fig.savefig(paths[1], dpi=110)
