@@ -117,6 +117,7 @@ def evaluate(model_path: str | Path, *, split: str = "test", images: int = 100, 
     import iwp_ops
 
     methods = tuple(methods or iwp_ops.METHODS)
+    torch.manual_seed(0)  # the random baseline draws from torch's generator: same run, same numbers
     model, processor = load(model_path)
     data = prepare(processor, split, {"image": images, "video": videos})
     handle = iwp_ops.enable_pruning(model, layer=layer)
