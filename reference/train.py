@@ -115,17 +115,29 @@ def schedule(step_fraction: float, warmup: float = 0.05) -> float:
     return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress))
 
 
+def load_for_training(path: Path):
+    """A saved model (fp32 for training) and its processor, to continue training from."""
+    from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
+
+    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(path, dtype=torch.float32, local_files_only=True)
+    return model, AutoProcessor.from_pretrained(path, local_files_only=True)
+
+
 def train(out: Path, *, steps: int, seed: int, lr: float, image_batch: int, video_batch: int,
-          video_every: int) -> dict:
-    """Train for `steps` steps: image batches, and every `video_every`-th step a video batch."""
+          video_every: int, init: Path | None = None, first_scene: int = 0) -> dict:
+    """Train for `steps` steps: image batches, and every `video_every`-th step a video batch.
+
+    `init` continues from a saved model; `first_scene` starts the training scenes there, so a
+    continuation sees scenes the first phase did not.
+    """
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-    model, processor = build_model_and_processor(seed)
+    model, processor = load_for_training(init) if init else build_model_and_processor(seed)
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01, betas=(0.9, 0.98))
     pad_id = processor.tokenizer.pad_token_id
-    counters = {"image": 0, "video": 0}
+    counters = {"image": first_scene, "video": first_scene}
     log: list[dict] = []
     started = time.perf_counter()
     for step in range(steps):
@@ -152,7 +164,7 @@ def train(out: Path, *, steps: int, seed: int, lr: float, image_batch: int, vide
     out.mkdir(parents=True, exist_ok=True)
     model.to(torch.bfloat16).save_pretrained(out)
     processor.save_pretrained(out)
-    summary = {"seed": seed, "steps": steps, "lr": lr, "image_batch": image_batch, "video_batch": video_batch,
+    summary = {"seed": seed, "steps": steps, "init": str(init) if init else None, "first_scene": first_scene, "lr": lr, "image_batch": image_batch, "video_batch": video_batch,
                "video_every": video_every, "scenes_seen": counters, "train_seconds": time.perf_counter() - started,
                "parameters": sum(p.numel() for p in model.parameters()), "text": TEXT, "vision": VISION, "log": log}
     return summary
@@ -187,10 +199,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--image-batch", type=int, default=8)
     ap.add_argument("--video-batch", type=int, default=3)
     ap.add_argument("--video-every", type=int, default=2)
+    ap.add_argument("--init", type=Path, default=None, help="continue training this saved model")
+    ap.add_argument("--first-scene", type=int, default=0, help="index of the first training scene per modality")
     args = ap.parse_args(argv)
     torch.set_num_threads(min(2, torch.get_num_threads()))
     summary = train(args.out, steps=args.steps, seed=args.seed, lr=args.lr, image_batch=args.image_batch,
-                    video_batch=args.video_batch, video_every=args.video_every)
+                    video_batch=args.video_batch, video_every=args.video_every, init=args.init,
+                    first_scene=args.first_scene)
     (args.out / "train_log.json").write_text(json.dumps(summary, indent=1))
     plot_loss(summary, args.out / "loss.png")
     print(f"saved {args.out} after {summary['train_seconds'] / 60:.1f} min; final loss {summary['log'][-1]['loss']:.4f}")
