@@ -104,6 +104,14 @@ class Scene:
             out[t] = frame
         return out
 
+    def object_map(self, t: int = 0) -> np.ndarray:
+        """int [H, W]: 1 + the index of the object drawn at each pixel of frame t, 0 for background."""
+        out = np.zeros((HEIGHT, WIDTH), np.int64)
+        for i, o in enumerate(self.objects):
+            cx, cy = o.centre(t, self.num_frames)
+            out[_mask(o.shape, cx, cy, o.radius)] = i + 1
+        return out
+
     def write(self, path: str | Path) -> Path:
         """Save as PNG (image) or H.264 mp4 (video); returns the path."""
         path = Path(path)

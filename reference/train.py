@@ -26,6 +26,7 @@ from pipeline.engine import collate
 from pipeline.preprocess import build_inputs
 from pipeline.tags import default_tag_prompt
 from reference.scenes import TAG_VOCABULARY, VIDEO_FPS, Scene, make_scene
+from reference.token_labels import TokenProbe, token_labels
 from reference.tiny_model import QWEN_PIXELS, QWEN_TEMPLATE, _text_config, build_tokenizer
 
 TASKS = ("caption", "tag")
@@ -124,10 +125,12 @@ def load_for_training(path: Path):
 
 
 def train(out: Path, *, steps: int, seed: int, lr: float, image_batch: int, video_batch: int,
-          video_every: int, init: Path | None = None, first_scene: int = 0) -> dict:
+          video_every: int, aux_weight: float = 1.0, checkpoint_every: int = 100, init: Path | None = None,
+          first_scene: int = 0) -> dict:
     """Train for `steps` steps: image batches, and every `video_every`-th step a video batch.
 
-    `init` continues from a saved model; `first_scene` starts the training scenes there, so a
+    `aux_weight` scales the per-token probe loss (`reference.token_labels`); the model is
+    saved every `checkpoint_every` steps and at the end. `init` continues from a saved model; `first_scene` starts the training scenes there, so a
     continuation sees scenes the first phase did not.
     """
     random.seed(seed)
@@ -135,7 +138,11 @@ def train(out: Path, *, steps: int, seed: int, lr: float, image_batch: int, vide
     torch.manual_seed(seed)
     model, processor = load_for_training(init) if init else build_model_and_processor(seed)
     model.train()
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01, betas=(0.9, 0.98))
+    probe = TokenProbe(model.config.text_config.hidden_size)
+    visual: dict[str, torch.Tensor] = {}
+    model.model.visual.register_forward_hook(lambda _m, _i, out: visual.__setitem__("tokens", out.pooler_output))
+    params = list(model.parameters()) + list(probe.parameters())
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01, betas=(0.9, 0.98))
     pad_id = processor.tokenizer.pad_token_id
     counters = {"image": first_scene, "video": first_scene}
     log: list[dict] = []
@@ -143,31 +150,42 @@ def train(out: Path, *, steps: int, seed: int, lr: float, image_batch: int, vide
     for step in range(steps):
         media = "video" if video_every and step % video_every == video_every - 1 else "image"
         size = video_batch if media == "video" else image_batch
-        items = []
+        items, labels = [], []
         for _ in range(size):
             scene = make_scene("train", media, counters[media])
             task = TASKS[counters[media] % 2]
             counters[media] += 1
             items.append(training_example(processor, scene, task))
+            labels.append(token_labels(scene))
         for group in opt.param_groups:
             group["lr"] = lr * schedule(step / steps)
         loss = model(**batch_of(items, pad_id)).loss
+        aux = probe(visual["tokens"], torch.from_numpy(np.concatenate(labels)))
         opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        (loss + aux_weight * aux).backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
-        log.append({"step": step, "media": media, "loss": loss.item(), "elapsed_s": time.perf_counter() - started})
+        log.append({"step": step, "media": media, "loss": loss.item(), "probe_loss": aux.item(),
+                    "elapsed_s": time.perf_counter() - started})
         if step % 10 == 0 or step == steps - 1:
-            print(f"step {step:5d} {media:5s} loss {loss.item():.4f} lr {opt.param_groups[0]['lr']:.2e} "
-                  f"{time.perf_counter() - started:7.1f} s", flush=True)
+            print(f"step {step:5d} {media:5s} loss {loss.item():.4f} probe {aux.item():.4f} "
+                  f"lr {opt.param_groups[0]['lr']:.2e} {time.perf_counter() - started:7.1f} s", flush=True)
+        if (step + 1) % checkpoint_every == 0 or step == steps - 1:
+            save(model, processor, out)
     model.eval()
-    out.mkdir(parents=True, exist_ok=True)
-    model.to(torch.bfloat16).save_pretrained(out)
-    processor.save_pretrained(out)
     summary = {"seed": seed, "steps": steps, "init": str(init) if init else None, "first_scene": first_scene, "lr": lr, "image_batch": image_batch, "video_batch": video_batch,
-               "video_every": video_every, "scenes_seen": counters, "train_seconds": time.perf_counter() - started,
+               "video_every": video_every, "aux_weight": aux_weight, "scenes_seen": counters, "train_seconds": time.perf_counter() - started,
                "parameters": sum(p.numel() for p in model.parameters()), "text": TEXT, "vision": VISION, "log": log}
     return summary
+
+
+def save(model, processor, out: Path) -> None:
+    """bf16 safetensors (half the bytes; the model is trained in fp32) and the processor files."""
+    out.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().to(torch.bfloat16) for k, v in model.state_dict().items()}
+    model.save_pretrained(out, state_dict=state)
+    model.config.save_pretrained(out)
+    processor.save_pretrained(out)
 
 
 def plot_loss(summary: dict, path: Path) -> None:
@@ -193,18 +211,19 @@ def plot_loss(summary: dict, path: Path) -> None:
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", type=Path, default=Path("reference/model"))
-    ap.add_argument("--steps", type=int, default=1400)
+    ap.add_argument("--steps", type=int, default=1000)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--image-batch", type=int, default=8)
     ap.add_argument("--video-batch", type=int, default=3)
     ap.add_argument("--video-every", type=int, default=2)
+    ap.add_argument("--aux-weight", type=float, default=1.0, help="weight of the per-token probe loss")
     ap.add_argument("--init", type=Path, default=None, help="continue training this saved model")
     ap.add_argument("--first-scene", type=int, default=0, help="index of the first training scene per modality")
     args = ap.parse_args(argv)
     torch.set_num_threads(min(2, torch.get_num_threads()))
     summary = train(args.out, steps=args.steps, seed=args.seed, lr=args.lr, image_batch=args.image_batch,
-                    video_batch=args.video_batch, video_every=args.video_every, init=args.init,
+                    video_batch=args.video_batch, video_every=args.video_every, aux_weight=args.aux_weight, init=args.init,
                     first_scene=args.first_scene)
     (args.out / "train_log.json").write_text(json.dumps(summary, indent=1))
     plot_loss(summary, args.out / "loss.png")
