@@ -3,8 +3,12 @@
 Captioning alone gives the vision tower one sparse signal per scene, routed through attention
 that starts out uniform over ~200 mostly identical tokens; on a 2-core CPU budget that learns
 too slowly. A linear probe on each merged visual token (colour, shape and size of the object
-covering it, or background) gives every token a target. The probe is used only in training
-and is not part of the shipped model.
+covering it, or background) gives every token a target. Where a token lies is not in the
+vision tower's output (its attention has only relative 2D rotary positions); the decoder
+can read it from M-RoPE, and a second linear probe on the decoder's visual hidden states
+(which 3x3 grid cell the token lies in) teaches its early layers to write it down, so later
+layers read an object's cell with its colour. Probes are used only in training and are not
+part of the shipped model.
 """
 
 from __future__ import annotations
@@ -41,6 +45,16 @@ def token_labels(scene: Scene) -> np.ndarray:
             labels[:, k] = np.where(covered, classes[best], 0)
         out.append(labels)
     return np.concatenate(out)
+
+
+def token_cells(scene: Scene) -> np.ndarray:
+    """int64 [tokens]: the 3x3 grid cell (0 top left .. 8 bottom right) each visual token lies in."""
+    rows, cols = HEIGHT // CELL, WIDTH // CELL
+    r = ((np.arange(rows) * CELL + CELL / 2) // (HEIGHT / 3)).astype(np.int64)
+    c = ((np.arange(cols) * CELL + CELL / 2) // (WIDTH / 3)).astype(np.int64)
+    cells = (r[:, None] * 3 + c[None, :]).reshape(-1)
+    groups = len(range(0, scene.num_frames, TEMPORAL_PATCH)) if scene.media_type == "video" else 1
+    return np.tile(cells, groups)
 
 
 class TokenProbe(nn.Module):

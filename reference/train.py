@@ -26,16 +26,18 @@ from pipeline.engine import collate
 from pipeline.preprocess import build_inputs
 from pipeline.tags import default_tag_prompt
 from reference.scenes import TAG_VOCABULARY, VIDEO_FPS, Scene, make_scene
-from reference.token_labels import TokenProbe, token_labels
+from reference.token_labels import TokenProbe, token_cells, token_labels
 from reference.tiny_model import QWEN_PIXELS, QWEN_TEMPLATE, _text_config, build_tokenizer
 
 TASKS = ("caption", "tag")
 TAG_PROMPT = default_tag_prompt(TAG_VOCABULARY)
 
-# Text: 4 layers of width 256 (8 heads of 32). A low rotary base and a 4/6/6 M-RoPE split
-# give the height and width sections frequencies that resolve a 14 x 16 token grid; with
-# the usual base 10^4 the width section barely rotates across the image.
-TEXT = {"hidden": 256, "layers": 4, "rope_theta": 20.0, "mrope_section": [4, 6, 6]}
+# Text: 4 layers of width 256 (8 heads of 32). M-RoPE gives the width section the lowest
+# frequencies; with the usual base 10^4 they barely rotate across a 16-token row. Base 100
+# lets height and width resolve the grid while the lowest frequencies still rotate little
+# over an answer, so matching by content does not depend on how far into the answer a
+# token is (base 20 trained to a plateau here).
+TEXT = {"hidden": 256, "layers": 4, "rope_theta": 100.0, "mrope_section": [4, 6, 6]}
 VISION = {"depth": 2, "hidden_size": 96, "intermediate_size": 192, "num_heads": 2, "fullatt_block_indexes": [1],
           "window_size": 112}
 
@@ -125,11 +127,12 @@ def load_for_training(path: Path):
 
 
 def train(out: Path, *, steps: int, seed: int, lr: float, image_batch: int, video_batch: int,
-          video_every: int, aux_weight: float = 1.0, checkpoint_every: int = 100, init: Path | None = None,
+          video_every: int, aux_weight: float = 1.0, cell_layer: int = 1, checkpoint_every: int = 100, init: Path | None = None,
           first_scene: int = 0) -> dict:
     """Train for `steps` steps: image batches, and every `video_every`-th step a video batch.
 
-    `aux_weight` scales the per-token probe loss (`reference.token_labels`); the model is
+    `aux_weight` scales the per-token probe losses (`reference.token_labels`; the cell probe
+    reads the output of decoder layer `cell_layer`); the model is
     saved every `checkpoint_every` steps and at the end. `init` continues from a saved model; `first_scene` starts the training scenes there, so a
     continuation sees scenes the first phase did not.
     """
@@ -138,10 +141,14 @@ def train(out: Path, *, steps: int, seed: int, lr: float, image_batch: int, vide
     torch.manual_seed(seed)
     model, processor = load_for_training(init) if init else build_model_and_processor(seed)
     model.train()
-    probe = TokenProbe(model.config.text_config.hidden_size)
-    visual: dict[str, torch.Tensor] = {}
-    model.model.visual.register_forward_hook(lambda _m, _i, out: visual.__setitem__("tokens", out.pooler_output))
-    params = list(model.parameters()) + list(probe.parameters())
+    hidden = model.config.text_config.hidden_size
+    probe, cell_probe = TokenProbe(hidden), torch.nn.Linear(hidden, 9)
+    seen: dict[str, torch.Tensor] = {}
+    model.model.visual.register_forward_hook(lambda _m, _i, out: seen.__setitem__("vision", out.pooler_output))
+    model.model.language_model.layers[cell_layer].register_forward_hook(
+        lambda _m, _i, out: seen.__setitem__("decoder", out[0] if isinstance(out, tuple) else out))
+    visual_ids = torch.tensor([processor.image_token_id, processor.video_token_id])
+    params = list(model.parameters()) + list(probe.parameters()) + list(cell_probe.parameters())
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01, betas=(0.9, 0.98))
     pad_id = processor.tokenizer.pad_token_id
     counters = {"image": first_scene, "video": first_scene}
@@ -150,17 +157,21 @@ def train(out: Path, *, steps: int, seed: int, lr: float, image_batch: int, vide
     for step in range(steps):
         media = "video" if video_every and step % video_every == video_every - 1 else "image"
         size = video_batch if media == "video" else image_batch
-        items, labels = [], []
+        items, labels, cells = [], [], []
         for _ in range(size):
             scene = make_scene("train", media, counters[media])
             task = TASKS[counters[media] % 2]
             counters[media] += 1
             items.append(training_example(processor, scene, task))
             labels.append(token_labels(scene))
+            cells.append(token_cells(scene))
         for group in opt.param_groups:
             group["lr"] = lr * schedule(step / steps)
-        loss = model(**batch_of(items, pad_id)).loss
-        aux = probe(visual["tokens"], torch.from_numpy(np.concatenate(labels)))
+        batch = batch_of(items, pad_id)
+        loss = model(**batch).loss
+        decoder_visual = seen["decoder"][torch.isin(batch["input_ids"], visual_ids)]
+        aux = probe(seen["vision"], torch.from_numpy(np.concatenate(labels))) + torch.nn.functional.cross_entropy(
+            cell_probe(decoder_visual), torch.from_numpy(np.concatenate(cells)))
         opt.zero_grad(set_to_none=True)
         (loss + aux_weight * aux).backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -174,7 +185,7 @@ def train(out: Path, *, steps: int, seed: int, lr: float, image_batch: int, vide
             save(model, processor, out)
     model.eval()
     summary = {"seed": seed, "steps": steps, "init": str(init) if init else None, "first_scene": first_scene, "lr": lr, "image_batch": image_batch, "video_batch": video_batch,
-               "video_every": video_every, "aux_weight": aux_weight, "scenes_seen": counters, "train_seconds": time.perf_counter() - started,
+               "video_every": video_every, "aux_weight": aux_weight, "cell_layer": cell_layer, "scenes_seen": counters, "train_seconds": time.perf_counter() - started,
                "parameters": sum(p.numel() for p in model.parameters()), "text": TEXT, "vision": VISION, "log": log}
     return summary
 
