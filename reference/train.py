@@ -127,14 +127,15 @@ def load_for_training(path: Path):
 
 
 def train(out: Path, *, steps: int, seed: int, lr: float, image_batch: int, video_batch: int,
-          video_every: int, aux_weight: float = 1.0, cell_layer: int = 1, checkpoint_every: int = 100, init: Path | None = None,
-          first_scene: int = 0) -> dict:
+          video_every: int, aux_weight: float = 1.0, cell_layer: int = 1, checkpoint_every: int = 100,
+          stop_after: int | None = None, init: Path | None = None, first_scene: int = 0) -> dict:
     """Train for `steps` steps: image batches, and every `video_every`-th step a video batch.
 
     `aux_weight` scales the per-token probe losses (`reference.token_labels`; the cell probe
-    reads the output of decoder layer `cell_layer`); the model is
-    saved every `checkpoint_every` steps and at the end. `init` continues from a saved model; `first_scene` starts the training scenes there, so a
-    continuation sees scenes the first phase did not.
+    reads the output of decoder layer `cell_layer`). The model is saved every
+    `checkpoint_every` steps and at the end; `stop_after` ends early on the learning-rate
+    schedule of the full `steps`, reproducing that checkpoint. `init` continues from a saved
+    model; `first_scene` starts the training scenes there, so a continuation sees new scenes.
     """
     random.seed(seed)
     np.random.seed(seed)
@@ -154,7 +155,12 @@ def train(out: Path, *, steps: int, seed: int, lr: float, image_batch: int, vide
     counters = {"image": first_scene, "video": first_scene}
     log: list[dict] = []
     started = time.perf_counter()
-    for step in range(steps):
+    settings = {"seed": seed, "steps": steps, "stop_after": stop_after, "init": str(init) if init else None,
+                "first_scene": first_scene, "lr": lr, "image_batch": image_batch, "video_batch": video_batch,
+                "video_every": video_every, "aux_weight": aux_weight, "cell_layer": cell_layer, "text": TEXT,
+                "vision": VISION, "parameters": sum(p.numel() for p in model.parameters())}
+    last = min(steps, stop_after or steps)
+    for step in range(last):
         media = "video" if video_every and step % video_every == video_every - 1 else "image"
         size = video_batch if media == "video" else image_batch
         items, labels, cells = [], [], []
@@ -178,25 +184,25 @@ def train(out: Path, *, steps: int, seed: int, lr: float, image_batch: int, vide
         opt.step()
         log.append({"step": step, "media": media, "loss": loss.item(), "probe_loss": aux.item(),
                     "elapsed_s": time.perf_counter() - started})
-        if step % 10 == 0 or step == steps - 1:
+        if step % 10 == 0 or step == last - 1:
             print(f"step {step:5d} {media:5s} loss {loss.item():.4f} probe {aux.item():.4f} "
                   f"lr {opt.param_groups[0]['lr']:.2e} {time.perf_counter() - started:7.1f} s", flush=True)
-        if (step + 1) % checkpoint_every == 0 or step == steps - 1:
-            save(model, processor, out)
-    model.eval()
-    summary = {"seed": seed, "steps": steps, "init": str(init) if init else None, "first_scene": first_scene, "lr": lr, "image_batch": image_batch, "video_batch": video_batch,
-               "video_every": video_every, "aux_weight": aux_weight, "cell_layer": cell_layer, "scenes_seen": counters, "train_seconds": time.perf_counter() - started,
-               "parameters": sum(p.numel() for p in model.parameters()), "text": TEXT, "vision": VISION, "log": log}
+        if (step + 1) % checkpoint_every == 0 or step == last - 1:
+            summary = {**settings, "steps_done": step + 1, "scenes_seen": dict(counters),
+                       "train_seconds": time.perf_counter() - started, "log": log}
+            save(model, processor, out, summary)
     return summary
 
 
-def save(model, processor, out: Path) -> None:
-    """bf16 safetensors (half the bytes; the model is trained in fp32) and the processor files."""
+def save(model, processor, out: Path, summary: dict) -> None:
+    """bf16 safetensors (half the bytes; the model is trained in fp32), processor files, log and loss plot."""
     out.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().to(torch.bfloat16) for k, v in model.state_dict().items()}
     model.save_pretrained(out, state_dict=state)
     model.config.save_pretrained(out)
     processor.save_pretrained(out)
+    (out / "train_log.json").write_text(json.dumps(summary, indent=1))
+    plot_loss(summary, out / "loss.png")
 
 
 def plot_loss(summary: dict, path: Path) -> None:
@@ -229,16 +235,16 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--video-batch", type=int, default=3)
     ap.add_argument("--video-every", type=int, default=2)
     ap.add_argument("--aux-weight", type=float, default=1.0, help="weight of the per-token probe loss")
+    ap.add_argument("--stop-after", type=int, default=None, help="stop after this many steps of the schedule")
     ap.add_argument("--init", type=Path, default=None, help="continue training this saved model")
     ap.add_argument("--first-scene", type=int, default=0, help="index of the first training scene per modality")
     args = ap.parse_args(argv)
     torch.set_num_threads(min(2, torch.get_num_threads()))
     summary = train(args.out, steps=args.steps, seed=args.seed, lr=args.lr, image_batch=args.image_batch,
                     video_batch=args.video_batch, video_every=args.video_every, aux_weight=args.aux_weight, init=args.init,
-                    first_scene=args.first_scene)
-    (args.out / "train_log.json").write_text(json.dumps(summary, indent=1))
-    plot_loss(summary, args.out / "loss.png")
-    print(f"saved {args.out} after {summary['train_seconds'] / 60:.1f} min; final loss {summary['log'][-1]['loss']:.4f}")
+                    first_scene=args.first_scene, stop_after=args.stop_after)
+    print(f"saved {args.out} after {summary['steps_done']} steps, {summary['train_seconds'] / 60:.1f} min; "
+          f"final loss {summary['log'][-1]['loss']:.4f}")
 
 
 if __name__ == "__main__":
