@@ -35,12 +35,16 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "query-aware magnitude": {"query_aware": True},
     "layer K=1": {"layer": 1},
     "layer K=3": {"layer": 3},
+    "heads=mean + normalise=max": {"heads": "mean", "normalise": "max"},
 }
 
 
 def ablate(model_path: str | Path, *, images: int, videos: int, keep_ratios: tuple[float, ...],
-           batch_size: int = 16) -> dict[str, Any]:
+           variants: tuple[str, ...] | None = None, batch_size: int = 16) -> dict[str, Any]:
+    """`variants`: names from VARIANTS to run (default: all), e.g. to confirm a screen on more scenes."""
     import iwp_ops
+
+    chosen = {name: VARIANTS[name] for name in (variants or VARIANTS)}
 
     torch.manual_seed(0)
     model, processor = load(model_path)
@@ -51,7 +55,7 @@ def ablate(model_path: str | Path, *, images: int, videos: int, keep_ratios: tup
         size = batch_size if media == "image" else max(1, batch_size // 4)
         base = run_config(model, processor, handle, items, "none", 1.0, size)
         rows.append({"variant": "unpruned", "media": media, **base})
-        for name, changes in VARIANTS.items():
+        for name, changes in chosen.items():
             for ratio in keep_ratios:
                 began = time.perf_counter()
                 settings = {"layer": 2, "query_aware": False, **changes}
@@ -62,9 +66,9 @@ def ablate(model_path: str | Path, *, images: int, videos: int, keep_ratios: tup
                       f"tag F1 {row['tag_f1']:.3f} fidelity {row['weight_fidelity']:.3f} "
                       f"({time.perf_counter() - began:.0f} s)", flush=True)
     scores = {name: float(np.mean([(r["caption_attribute_accuracy"] + r["tag_f1"]) / 2 for r in rows
-                                   if r["variant"] == name])) for name in VARIANTS}
+                                   if r["variant"] == name])) for name in chosen}
     return {"model": str(model_path), "split": "val", "counts": {"image": images, "video": videos},
-            "keep_ratios": list(keep_ratios), "variants": VARIANTS, "scores": scores,
+            "keep_ratios": list(keep_ratios), "variants": chosen, "scores": scores,
             "best": max(scores, key=scores.get), "rows": rows}
 
 
@@ -95,9 +99,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--images", type=int, default=60)
     ap.add_argument("--videos", type=int, default=30)
     ap.add_argument("--keep-ratios", default="0.111,0.056")
+    ap.add_argument("--variants", default=None, help="semicolon-separated variant names (default: all)")
     args = ap.parse_args(argv)
     results = ablate(args.model or default_model_path(), images=args.images, videos=args.videos,
-                     keep_ratios=tuple(float(r) for r in args.keep_ratios.split(",")))
+                     keep_ratios=tuple(float(r) for r in args.keep_ratios.split(",")),
+                     variants=tuple(args.variants.split(";")) if args.variants else None)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(results, indent=1))
     (args.out / "report.md").write_text("# IWP ablation (validation split)\n\n" + markdown(results))
