@@ -1,6 +1,7 @@
 """`iwp-annotate eval`: what visual-token pruning costs in accuracy on held-out scenes.
 
-Runs the model on a split of `reference.scenes` (images and videos separately), unpruned and
+Runs the model on a split of `reference.scenes` (images and videos separately), unpruned, blind
+(each question about another scene's pixels: what the answer format and priors alone score), and
 with every pruning method at each keep ratio, and grades captions (attribute accuracy, exact
 match) and tag answers (F1). Inputs are built once with the pipeline's own `build_inputs`
 and reused by every configuration; generation is greedy and batched as in the model stage.
@@ -124,11 +125,13 @@ def evaluate(model_path: str | Path, *, split: str = "test", images: int = 100, 
     rows = []
     for media in MEDIA_TYPES:
         size = batch_size if media == "image" else max(1, batch_size // 4)
-        configs = [("none", 1.0)] + [(m, r) for m in methods for r in keep_ratios]
+        configs = [("none", 1.0), ("blind", 1.0)] + [(m, r) for m in methods for r in keep_ratios]
         for method, ratio in configs:
             began = time.perf_counter()
-            row = {"media": media, "items": len(data[media]) // len(TASKS), "layer": layer,
-                   **run_config(model, processor, handle, data[media], method, ratio, size)}
+            items = blind(data[media]) if method == "blind" else data[media]
+            row = {"media": media, "items": len(items) // len(TASKS), "layer": layer,
+                   **run_config(model, processor, handle, items, "none" if method == "blind" else method, ratio, size),
+                   "method": method}
             rows.append(row)
             if progress:
                 print(f"{media:5s} {method:9s} keep {row['keep_ratio']:.3f}: caption {row['caption_attribute_accuracy']:.3f} "
@@ -137,6 +140,16 @@ def evaluate(model_path: str | Path, *, split: str = "test", images: int = 100, 
     add_relative(rows)
     return {"model": str(model_path), "split": split, "layer": layer, "counts": {"image": images, "video": videos},
             "keep_ratios": list(keep_ratios), "methods": list(methods), "rows": rows}
+
+
+def blind(items: list[Item]) -> list[Item]:
+    """Each question asked about the next scene's pixels: the score of answering without looking."""
+    media_keys = [k for k in items[0].inputs if k.startswith("pixel") or k.endswith("grid_thw") or k == "second_per_grid_ts"]
+    out = []
+    for i, it in enumerate(items):
+        other = items[(i + len(TASKS)) % len(items)].inputs
+        out.append(Item(it.scene, it.task, {**it.inputs, **{k: other[k] for k in media_keys}}))
+    return out
 
 
 def add_relative(rows: list[dict[str, Any]]) -> None:

@@ -50,7 +50,7 @@ def plot(results: dict[str, Any], out: Path) -> list[Path]:
     import matplotlib.pyplot as plt
 
     rows = results["rows"]
-    methods = [m for m in dict.fromkeys(r["method"] for r in rows) if m != "none"]
+    methods = [m for m in dict.fromkeys(r["method"] for r in rows) if m not in ("none", "blind")]
     fig, axes = plt.subplots(2, 2, figsize=(11, 8), sharex=True)
     for col, media in enumerate(("image", "video")):
         for row_i, metric in enumerate(("caption_attribute_accuracy", "tag_f1")):
@@ -62,6 +62,9 @@ def plot(results: dict[str, Any], out: Path) -> list[Path]:
                     x, y = zip(*pts)
                     ax.plot([100 * v for v in x], y, marker="o", lw=2.2 if method == "iwp" else 1, label=method)
             ax.axhline(100, color="grey", lw=0.8, ls=":")
+            floor = [r["relative"][metric] for r in rows if r["media"] == media and r["method"] == "blind"]
+            if floor and floor[0] is not None:
+                ax.axhline(floor[0], color="black", lw=0.8, ls="--", label="blind (other scene's pixels)")
             ax.set(title=f"{media}: {LABELS[metric]}", ylabel="% of unpruned", xscale="log")
             ax.set_xticks([5.6, 11.1, 22.2, 35.3], labels=["5.6", "11.1", "22.2", "35.3"])
     for ax in axes[1]:

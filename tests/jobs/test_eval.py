@@ -16,6 +16,18 @@ def test_relative_is_percent_of_unpruned_on_the_same_modality():
     assert rows[1]["relative"] == {"caption_attribute_accuracy": 50.0, "caption_exact": 100.0, "tag_f1": None}
 
 
+def test_blind_items_take_the_next_scenes_pixels():
+    from jobs.eval import Item, blind
+    from reference.scenes import make_scene
+
+    items = [Item(make_scene("val", "image", i), t, {"input_ids": i, "pixel_values": 10 * i + j})
+             for i in range(3) for j, t in enumerate(("caption", "tag"))]
+    swapped = blind(items)
+    assert [x.inputs["pixel_values"] for x in swapped] == [10, 11, 20, 21, 0, 1]
+    assert [x.inputs["input_ids"] for x in swapped] == [0, 0, 1, 1, 2, 2]
+    assert [x.scene for x in swapped] == [x.scene for x in items]
+
+
 def test_eval_command_writes_every_configuration(tiny_model_dir, tmp_path, capsys):
     out = tmp_path / "eval"
     rc = main(["eval", "--model", str(tiny_model_dir), "--out", str(out), "--images", "2", "--videos", "1",
@@ -23,8 +35,9 @@ def test_eval_command_writes_every_configuration(tiny_model_dir, tmp_path, capsy
     assert rc == 0
     results = json.loads((out / "results.json").read_text())
     keys = [(r["media"], r["method"], r["keep_ratio"]) for r in results["rows"]]
-    assert keys == [(m, "none", 1.0) for m in ("image",)] + [("image", x, k) for x in ("iwp", "random") for k in (0.222, 0.056)] \
-        + [("video", "none", 1.0)] + [("video", x, k) for x in ("iwp", "random") for k in (0.222, 0.056)]
+    assert keys == [(m, base, 1.0) for m in ("image",) for base in ("none", "blind")] \
+        + [("image", x, k) for x in ("iwp", "random") for k in (0.222, 0.056)] \
+        + [("video", base, 1.0) for base in ("none", "blind")] + [("video", x, k) for x in ("iwp", "random") for k in (0.222, 0.056)]
     image = {(r["method"], r["keep_ratio"]): r for r in results["rows"] if r["media"] == "image"}
     assert image[("none", 1.0)]["kept_tokens_mean"] is None
     assert image[("iwp", 0.056)]["kept_tokens_mean"] == pytest.approx(round(224 * 0.056), abs=1)
