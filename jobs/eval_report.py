@@ -16,11 +16,30 @@ def _pct(x: float | None) -> str:
     return "–" if x is None else f"{x:.1f}"
 
 
+def summary(results: dict[str, Any], metric: str = "caption_attribute_accuracy") -> str:
+    """Methods x (modality, keep ratio): `metric` as % of unpruned, with the blind floor."""
+    ratios = results["keep_ratios"]
+    rows = results["rows"]
+    head = " | ".join(f"{m} {100 * r:.1f} %" for m in ("image", "video") for r in ratios)
+    lines = [f"| {LABELS[metric]}, % of unpruned | {head} |", "|---" * (1 + 2 * len(ratios)) + "|"]
+    blind = {r["media"]: r["relative"][metric] for r in rows if r["method"] == "blind"}
+    if blind:
+        lines.append("| blind (other scene's pixels) | " + " | ".join(_pct(blind.get(m)) for m in ("image", "video")
+                                                                      for _ in ratios) + " |")
+    for method in results["methods"]:
+        by = {(r["media"], r["keep_ratio"]): r["relative"][metric] for r in rows if r["method"] == method}
+        lines.append(f"| {method} | " + " | ".join(_pct(by.get((m, k))) for m in ("image", "video") for k in ratios)
+                     + " |")
+    return "\n".join(lines)
+
+
 def markdown(results: dict[str, Any]) -> str:
-    """One table per modality: absolute scores, % of unpruned, fidelity, prefill time."""
+    """Summary tables, then one table per modality: absolute scores, % of unpruned, fidelity, prefill time."""
     lines = [f"Model `{results['model']}`, split `{results['split']}` "
              f"({results['counts']['image']} images, {results['counts']['video']} videos, each asked to caption and "
              f"to tag), pruning at decoder layer {results['layer']}.", ""]
+    for metric in ("caption_attribute_accuracy", "tag_f1"):
+        lines += [summary(results, metric), ""]
     for media in ("image", "video"):
         rows = [r for r in results["rows"] if r["media"] == media]
         if not rows:
