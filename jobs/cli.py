@@ -111,6 +111,7 @@ def parser() -> argparse.ArgumentParser:
     ev.add_argument("--methods", default=None, help="comma-separated pruning methods (default: all)")
     ev.add_argument("--keep-ratios", default="0.353,0.222,0.111,0.056")
     ev.add_argument("--layer", type=int, default=2, help="decoder layer K that prunes")
+    ev.add_argument("--media", default="image,video", help="modalities to evaluate")
     add_submit_commands(sub)
     return p
 
@@ -122,7 +123,8 @@ def run_eval(args: argparse.Namespace) -> None:
     methods = tuple(m.strip() for m in args.methods.split(",")) if args.methods else None
     ratios = tuple(float(r) for r in args.keep_ratios.split(","))
     results = evaluate(resolve_model(args.model), split=args.split, images=args.images, videos=args.videos,
-                       methods=methods, keep_ratios=ratios, layer=args.layer)
+                       methods=methods, keep_ratios=ratios, layer=args.layer,
+                       media_types=tuple(m.strip() for m in args.media.split(",")))
     print(f"report: {write_report(results, args.out)}")
 
 

@@ -113,17 +113,19 @@ def run_config(model, processor, handle, items: list[Item], method: str, keep_ra
 
 def evaluate(model_path: str | Path, *, split: str = "test", images: int = 100, videos: int = 50,
              methods: tuple[str, ...] | None = None, keep_ratios: tuple[float, ...] = KEEP_RATIOS, layer: int = 2,
-             batch_size: int = 16, progress: bool = True) -> dict[str, Any]:
+             batch_size: int = 16, media_types: tuple[str, ...] = MEDIA_TYPES,
+             progress: bool = True) -> dict[str, Any]:
     """Every method at every keep ratio, per modality, with % of the unpruned score."""
     import iwp_ops
 
     methods = tuple(methods or iwp_ops.METHODS)
     torch.manual_seed(0)  # the random baseline draws from torch's generator: same run, same numbers
     model, processor = load(model_path)
-    data = prepare(processor, split, {"image": images, "video": videos})
+    data = prepare(processor, split, {"image": images if "image" in media_types else 0,
+                                      "video": videos if "video" in media_types else 0})
     handle = iwp_ops.enable_pruning(model, layer=layer)
     rows = []
-    for media in MEDIA_TYPES:
+    for media in media_types:
         size = batch_size if media == "image" else max(1, batch_size // 4)
         configs = [("none", 1.0), ("blind", 1.0)] + [(m, r) for m in methods for r in keep_ratios]
         for method, ratio in configs:
