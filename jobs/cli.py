@@ -124,8 +124,10 @@ def run_eval(args: argparse.Namespace) -> None:
     ratios = tuple(float(r) for r in args.keep_ratios.split(","))
     results = evaluate(resolve_model(args.model), split=args.split, images=args.images, videos=args.videos,
                        methods=methods, keep_ratios=ratios, layer=args.layer,
-                       media_types=tuple(m.strip() for m in args.media.split(",")))
+                       media_types=tuple(m.strip() for m in args.media.split(",")),
+                       partial=Path(args.out) / "rows.partial.json")
     print(f"report: {write_report(results, args.out)}")
+    (Path(args.out) / "rows.partial.json").unlink(missing_ok=True)
 
 
 def resolve_model(model: str | None) -> str:

@@ -113,9 +113,12 @@ def run_config(model, processor, handle, items: list[Item], method: str, keep_ra
 
 def evaluate(model_path: str | Path, *, split: str = "test", images: int = 100, videos: int = 50,
              methods: tuple[str, ...] | None = None, keep_ratios: tuple[float, ...] = KEEP_RATIOS, layer: int = 2,
-             batch_size: int = 16, media_types: tuple[str, ...] = MEDIA_TYPES,
-             progress: bool = True) -> dict[str, Any]:
-    """Every method at every keep ratio, per modality, with % of the unpruned score."""
+             batch_size: int = 16, media_types: tuple[str, ...] = MEDIA_TYPES, progress: bool = True,
+             partial: Path | None = None) -> dict[str, Any]:
+    """Every method at every keep ratio, per modality, with % of the unpruned score.
+
+    `partial`: a JSON file rewritten with the rows so far after each configuration, so a long
+    run that is stopped keeps what it measured."""
     import iwp_ops
 
     methods = tuple(methods or iwp_ops.METHODS)
@@ -135,6 +138,9 @@ def evaluate(model_path: str | Path, *, split: str = "test", images: int = 100, 
                    **run_config(model, processor, handle, items, "none" if method == "blind" else method, ratio, size),
                    "method": method}
             rows.append(row)
+            if partial is not None:
+                partial.parent.mkdir(parents=True, exist_ok=True)
+                partial.write_text(json.dumps(rows))
             if progress:
                 print(f"{media:5s} {method:9s} keep {row['keep_ratio']:.3f}: caption {row['caption_attribute_accuracy']:.3f} "
                       f"exact {row['caption_exact']:.3f} tag F1 {row['tag_f1']:.3f} ({time.perf_counter() - began:.0f} s)",

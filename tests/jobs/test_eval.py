@@ -43,6 +43,7 @@ def test_eval_command_writes_every_configuration(tiny_model_dir, tmp_path, capsy
     assert image[("iwp", 0.056)]["kept_tokens_mean"] == pytest.approx(round(224 * 0.056), abs=1)
     assert 0.0 < image[("iwp", 0.222)]["weight_fidelity"] <= 1.0
     assert all(r["prefill_s_per_item"] > 0 for r in results["rows"])
+    assert not (out / "rows.partial.json").exists()
     for name in ("report.md", "accuracy_vs_keep.png", "fidelity_vs_accuracy.png"):
         assert (out / name).stat().st_size > 0
     assert "| iwp | 5.6 % |" in (out / "report.md").read_text()
