@@ -114,8 +114,32 @@ def parser() -> argparse.ArgumentParser:
     _add_run_options(sub.add_parser("run", help="annotate the media listed in a Parquet manifest"))
     demo = sub.add_parser("demo", help="make sample media and run the job on the embedded default model")
     demo.add_argument("--workdir", default="demo-output", help="where sample media and results go")
+    ev = sub.add_parser("eval", help="accuracy of every pruning method on held-out generated scenes")
+    ev.add_argument("--model", default=None, help="local model directory (default: the shipped reference model)")
+    ev.add_argument("--out", default="reports/eval", help="folder for results.json, report.md and plots")
+    ev.add_argument("--split", default="test", choices=("train", "val", "test"))
+    ev.add_argument("--images", type=int, default=100, help="scenes per modality (each captioned and tagged)")
+    ev.add_argument("--videos", type=int, default=50)
+    ev.add_argument("--methods", default=None, help="comma-separated pruning methods (default: all)")
+    ev.add_argument("--keep-ratios", default="0.353,0.222,0.111,0.056")
+    ev.add_argument("--layer", type=int, default=2, help="decoder layer K that prunes")
+    ev.add_argument("--media", default="image,video", help="modalities to evaluate")
     add_submit_commands(sub)
     return p
+
+
+def run_eval(args: argparse.Namespace) -> None:
+    from jobs.eval import evaluate
+    from jobs.eval_report import write_report
+
+    methods = tuple(m.strip() for m in args.methods.split(",")) if args.methods else None
+    ratios = tuple(float(r) for r in args.keep_ratios.split(","))
+    results = evaluate(resolve_model(args.model), split=args.split, images=args.images, videos=args.videos,
+                       methods=methods, keep_ratios=ratios, layer=args.layer,
+                       media_types=tuple(m.strip() for m in args.media.split(",")),
+                       partial=Path(args.out) / "rows.partial.json")
+    print(f"report: {write_report(results, args.out)}")
+    (Path(args.out) / "rows.partial.json").unlink(missing_ok=True)
 
 
 def resolve_model(model: str | None) -> str:
@@ -161,6 +185,9 @@ def main(argv: list[str] | None = None) -> int:
             from jobs.demo import run_demo
 
             run_demo(Path(args.workdir))
+            return 0
+        if args.command == "eval":
+            run_eval(args)
             return 0
         cfg = config_from_spec(args) if args.spec else config_from_flags(args)
         print_report(run_pipeline(cfg, retry_failed=args.retry_failed, metrics_port=args.metrics_port))

@@ -1,4 +1,4 @@
-"""`iwp-annotate demo`: sample media, one run on the default model, a short summary."""
+"""`iwp-annotate demo`: generated scenes, one run on the default model, captions checked against the truth."""
 
 from __future__ import annotations
 
@@ -7,10 +7,11 @@ import time
 from pathlib import Path
 
 from jobs.cli import print_report, resolve_model
-from jobs.sample_data import make_sample_dataset
+from jobs.sample_data import demo_scenes, make_sample_dataset
 from pipeline.config import ModelConfig, PipelineConfig
 from pipeline.run import run_pipeline
 from pipeline.sink import read_results
+from reference.grading import caption_scores
 
 
 def run_demo(workdir: Path) -> None:
@@ -18,7 +19,8 @@ def run_demo(workdir: Path) -> None:
     if workdir.exists():
         shutil.rmtree(workdir)
     manifest = make_sample_dataset(workdir)
-    print(f"sample data: {manifest} (3 videos, 3 images, 1 deliberately broken file)")
+    truth = demo_scenes()
+    print(f"sample data: {manifest} (3 videos, 3 images of held-out generated scenes, 1 deliberately broken file)")
     cfg = PipelineConfig(
         input=str(manifest),
         output=str(workdir / "output"),
@@ -26,8 +28,15 @@ def run_demo(workdir: Path) -> None:
     )
     report = run_pipeline(cfg)
     print_report(report)
+    exact = 0
     for row in read_results(cfg.output).sort_by("id").to_pylist():
         text = row["caption"] if row["status"] == "ok" else f"{row['error_type']}: {row['error']}"
         tokens = f"{row['num_visual_tokens'] or 0:>4} -> {row['num_kept_tokens'] or 0:>3}"
-        print(f"  {row['id']:<10} {row['status']:<6} visual tokens {tokens}  {text[:64]}")
+        print(f"  {row['id']:<10} {row['status']:<6} visual tokens {tokens}  {text[:100]}")
+        scene = truth.get(row["id"])
+        if scene is not None and row["status"] == "ok":
+            score = caption_scores(scene, row["caption"])
+            exact += int(score["exact"])
+            print(f"  {'':<10} truth:{'':<25}{scene.caption()}  (attributes right: {score['attribute_accuracy']:.0%})")
+    print(f"captions exactly right: {exact} of {len(truth)}")
     print(f"demo finished in {time.perf_counter() - started:.1f} s")

@@ -1,4 +1,4 @@
-"""A small sample dataset for the demo: real mp4 files, images and a manifest."""
+"""A small sample dataset for the demo: generated scenes as real mp4 files and images, and a manifest."""
 
 from __future__ import annotations
 
@@ -7,7 +7,16 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from reference.media import write_image, write_video
+from reference.scenes import Scene, scenes
+
+DEMO_SPLIT = "test"  # held-out scenes: the default model never trained on them
+
+
+def demo_scenes(videos: int = 3, images: int = 3) -> dict[str, Scene]:
+    """The demo's scenes by manifest id."""
+    out = {f"video-{i}": s for i, s in enumerate(scenes(DEMO_SPLIT, "video", videos))}
+    out.update({f"image-{i}": s for i, s in enumerate(scenes(DEMO_SPLIT, "image", images))})
+    return out
 
 
 def make_sample_dataset(root: str | Path, videos: int = 3, images: int = 3, broken: bool = True) -> Path:
@@ -18,14 +27,10 @@ def make_sample_dataset(root: str | Path, videos: int = 3, images: int = 3, brok
     media = Path(root) / "media"
     media.mkdir(parents=True, exist_ok=True)
     rows = []
-    for i in range(videos):
-        path = media / f"clip_{i}.mp4"
-        write_video(path, seed=100 + i, frames=16)
-        rows.append({"id": f"video-{i}", "uri": str(path), "prompt": None})
-    for i in range(images):
-        path = media / f"image_{i}.png"
-        write_image(path, seed=200 + i)
-        rows.append({"id": f"image-{i}", "uri": str(path), "prompt": None})
+    for item_id, scene in demo_scenes(videos, images).items():
+        suffix = ".mp4" if scene.media_type == "video" else ".png"
+        path = scene.write(media / f"{item_id}{suffix}")
+        rows.append({"id": item_id, "uri": str(path), "prompt": None})
     if broken:
         path = media / "broken.mp4"
         path.write_bytes(b"this is not a video")

@@ -6,6 +6,7 @@ time, so no media is committed. Seeded, so the same call always writes the same 
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -95,11 +96,19 @@ def write_video(
     h, w = size
     shapes = random_shapes(rng, count, h, w, moving=True)
     bg = background(h, w, rng)
-    with av.open(str(path), mode="w") as container:
-        stream = container.add_stream("libx264", rate=fps)
-        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
-        for t in range(frames):
-            frame = av.VideoFrame.from_ndarray(render(bg, shapes, t), format="rgb24")
-            container.mux(stream.encode(frame))
-        container.mux(stream.encode())
+    write_frames(path, (render(bg, shapes, t) for t in range(frames)), fps)
     return shapes
+
+
+def write_frames(path: str | Path, frames: Iterable[np.ndarray], fps: int) -> None:
+    """Encode RGB uint8 frames [H, W, 3] (even sides) as an H.264 mp4 with PyAV."""
+    with av.open(str(path), mode="w") as container:
+        stream = None
+        for rgb in frames:
+            if stream is None:
+                stream = container.add_stream("libx264", rate=fps)
+                stream.height, stream.width = rgb.shape[:2]
+                stream.pix_fmt = "yuv420p"
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")))
+        if stream is not None:
+            container.mux(stream.encode())

@@ -1,9 +1,9 @@
 """Build tiny, randomly initialised VLMs with real processors, offline.
 
-No pretrained VLM weights can be downloaded here, so tests and the demo (until the trained
-reference model ships) use models made from transformers' own classes with small configs,
-a word-level tokenizer built with `tokenizers`, and the stock image/video processors
-configured locally. They are saved with `save_pretrained` so that every caller goes
+No pretrained VLM weights can be downloaded here, so the tests use models made from
+transformers' own classes with small configs, a word-level tokenizer built with `tokenizers`,
+and the stock image/video processors configured locally (the trained reference model in
+`reference/model` is built the same way, by `reference.train`). They are saved with `save_pretrained` so that every caller goes
 through the real `from_pretrained` loading path.
 
 Architectures: `qwen2_5_vl` (the default), `qwen2_vl`, `llava_onevision`.
@@ -24,7 +24,7 @@ WORDS = (
     "red green blue yellow white black orange purple circle square triangle star small "
     "large big moving left right up down top bottom center corner background object objects "
     "frame scene appears disappears still static user assistant system describe caption tag "
-    "tags what this picture clip list you helpful : , . \n"
+    "tags what this picture clip list you helpful which these apply answer only : , . ? \n"
 ).split(" ")
 
 QWEN_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",

@@ -124,9 +124,10 @@ def test_low_precision_with_key_norms_over_40(ref, dtype):
     mhat = ref.log_minmax(layer.log(), mask)
     expected, margin = ref.greedy_mmr(mhat, ref.similarity(k64, v64), mask, 12, 0.5)
     assert margin > 3e-4  # fp32 S carries ~1e-4 cancellation error at these norms
-    chosen = iwp_ops.select_tokens(k, v, 12, chunk=1)
+    chosen = iwp_ops.select_tokens(k, v, 12, chunk=1, heads="layer")  # the reference scores the whole layer
     assert chosen.tolist() == expected
-    assert iwp_ops.select_tokens(k, v, 12).tolist() == iwp_ops.select_tokens(k.float(), v.float(), 12).tolist()
+    assert iwp_ops.select_tokens(k, v, 12, heads="layer").tolist() == \
+        iwp_ops.select_tokens(k.float(), v.float(), 12, heads="layer").tolist()
 
     fid = iwp_ops.weight_fidelity(k, v, chosen)
     assert bool(torch.isfinite(fid).all())

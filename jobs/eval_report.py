@@ -1,0 +1,123 @@
+"""Write an evaluation's results as JSON, a markdown report and PNG plots."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from jobs.eval import PAPER_RETENTION
+
+LABELS = {"caption_attribute_accuracy": "caption attribute acc.", "caption_exact": "caption exact",
+          "tag_f1": "tag F1"}
+
+
+def _pct(x: float | None) -> str:
+    return "–" if x is None else f"{x:.1f}"
+
+
+def summary(results: dict[str, Any], metric: str = "caption_attribute_accuracy") -> str:
+    """Methods x (modality, keep ratio): `metric` as % of unpruned, with the blind floor."""
+    ratios = results["keep_ratios"]
+    rows = results["rows"]
+    head = " | ".join(f"{m} {100 * r:.1f} %" for m in ("image", "video") for r in ratios)
+    lines = [f"| {LABELS[metric]}, % of unpruned | {head} |", "|---" * (1 + 2 * len(ratios)) + "|"]
+    blind = {r["media"]: r["relative"][metric] for r in rows if r["method"] == "blind"}
+    if blind:
+        lines.append("| blind (other scene's pixels) | " + " | ".join(_pct(blind.get(m)) for m in ("image", "video")
+                                                                      for _ in ratios) + " |")
+    for method in results["methods"]:
+        by = {(r["media"], r["keep_ratio"]): r["relative"][metric] for r in rows if r["method"] == method}
+        lines.append(f"| {method} | " + " | ".join(_pct(by.get((m, k))) for m in ("image", "video") for k in ratios)
+                     + " |")
+    return "\n".join(lines)
+
+
+def markdown(results: dict[str, Any]) -> str:
+    """Summary tables, then one table per modality: absolute scores, % of unpruned, fidelity, prefill time."""
+    lines = [f"Model `{results['model']}`, split `{results['split']}` "
+             f"({results['counts']['image']} images, {results['counts']['video']} videos, each asked to caption and "
+             f"to tag), pruning at decoder layer {results['layer']}.", ""]
+    for metric in ("caption_attribute_accuracy", "tag_f1"):
+        lines += [summary(results, metric), ""]
+    for media in ("image", "video"):
+        rows = [r for r in results["rows"] if r["media"] == media]
+        if not rows:
+            continue
+        lines += [f"### {media}", "",
+                  "| method | keep | kept tokens | caption attr. acc. | % unpruned | exact | tag F1 | % unpruned "
+                  "| weight fidelity | prefill s/item |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
+        for r in rows:
+            rel = r["relative"]
+            fid = "–" if r["weight_fidelity"] is None else f"{r['weight_fidelity']:.3f}"
+            kept = "all" if r["kept_tokens_mean"] is None else f"{r['kept_tokens_mean']:.0f}"
+            lines.append(f"| {r['method']} | {100 * r['keep_ratio']:.1f} % | {kept} | {r['caption_attribute_accuracy']:.3f} "
+                         f"| {_pct(rel['caption_attribute_accuracy'])} | {r['caption_exact']:.3f} | {r['tag_f1']:.3f} "
+                         f"| {_pct(rel['tag_f1'])} | {fid} | {r['prefill_s_per_item']:.3f} |")
+        lines.append("")
+    lines += ["Paper (IWP on LLaVA-OneVision-7B, average over its benchmarks): "
+              + ", ".join(f"{v} % of unpruned at {100 * k:.1f} % kept" for k, v in PAPER_RETENTION.items()) + ".", ""]
+    return "\n".join(lines)
+
+
+def plot(results: dict[str, Any], out: Path) -> list[Path]:
+    """accuracy_vs_keep.png (one line per method, per modality and metric) and fidelity_vs_accuracy.png."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = results["rows"]
+    methods = [m for m in dict.fromkeys(r["method"] for r in rows) if m not in ("none", "blind")]
+    fig, axes = plt.subplots(2, 2, figsize=(11, 8), sharex=True)
+    for col, media in enumerate(("image", "video")):
+        for row_i, metric in enumerate(("caption_attribute_accuracy", "tag_f1")):
+            ax = axes[row_i][col]
+            for method in methods:
+                pts = sorted((r["keep_ratio"], r["relative"][metric]) for r in rows
+                             if r["media"] == media and r["method"] == method and r["relative"][metric] is not None)
+                if pts:
+                    x, y = zip(*pts)
+                    ax.plot([100 * v for v in x], y, marker="o", lw=2.2 if method == "iwp" else 1, label=method)
+            ax.axhline(100, color="grey", lw=0.8, ls=":")
+            floor = [r["relative"][metric] for r in rows if r["media"] == media and r["method"] == "blind"]
+            if floor and floor[0] is not None:
+                ax.axhline(floor[0], color="black", lw=0.8, ls="--", label="blind (other scene's pixels)")
+            ax.set(title=f"{media}: {LABELS[metric]}", ylabel="% of unpruned", xscale="log")
+            ax.set_xticks([5.6, 11.1, 22.2, 35.3], labels=["5.6", "11.1", "22.2", "35.3"])
+    for ax in axes[1]:
+        ax.set_xlabel("visual tokens kept (%)")
+    if axes[0][0].get_legend_handles_labels()[0]:
+        axes[0][0].legend(fontsize=8)
+    fig.tight_layout()
+    paths = [out / "accuracy_vs_keep.png"]
+    fig.savefig(paths[0], dpi=110)
+    plt.close(fig)
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
+    for ax, media in zip(axes, ("image", "video")):
+        for method in methods:
+            pts = [(r["weight_fidelity"], r["relative"]["caption_attribute_accuracy"]) for r in rows
+                   if r["media"] == media and r["method"] == method and r["weight_fidelity"] is not None]
+            if pts:
+                ax.scatter(*zip(*pts), label=method, s=24)
+        ax.set(title=f"{media}: weight fidelity vs caption accuracy", xlabel="mean weight fidelity",
+               ylabel="caption attribute acc. (% of unpruned)")
+    if axes[0].get_legend_handles_labels()[0]:
+        axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    paths.append(out / "fidelity_vs_accuracy.png")
+    fig.savefig(paths[1], dpi=110)
+    plt.close(fig)
+    return paths
+
+
+def write_report(results: dict[str, Any], out: str | Path) -> Path:
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(results, indent=1))
+    plot(results, out)
+    (out / "report.md").write_text("# Pruning accuracy on held-out scenes\n\n" + markdown(results))
+    return out / "report.md"
+

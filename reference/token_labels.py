@@ -1,0 +1,70 @@
+"""Per-visual-token labels for the auxiliary training loss.
+
+Captioning alone gives the vision tower one sparse signal per scene, routed through attention
+that starts out uniform over ~200 mostly identical tokens; on a 2-core CPU budget that learns
+too slowly. A linear probe on each merged visual token (colour, shape and size of the object
+covering it, or background) gives every token a target. Where a token lies is not in the
+vision tower's output (its attention has only relative 2D rotary positions); the decoder
+can read it from M-RoPE, and a second linear probe on the decoder's visual hidden states
+(which 3x3 grid cell the token lies in) teaches its early layers to write it down, so later
+layers read an object's cell with its colour. Probes are used only in training and are not
+part of the shipped model.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from reference.media import COLOURS, SHAPES
+from reference.scenes import HEIGHT, SIZES, WIDTH, Scene
+
+CELL = 28  # pixels per merged visual token (patch 14, 2x2 merge)
+TEMPORAL_PATCH = 2
+FIELDS = (("colour", tuple(COLOURS)), ("shape", SHAPES), ("size", tuple(SIZES)))
+MIN_COVER = 0.2  # share of a token's pixels an object must cover to label it
+
+
+def token_labels(scene: Scene) -> np.ndarray:
+    """int64 [tokens, 3]: class + 1 of each field for the object covering the token, 0 for background.
+
+    Tokens in the merger's output order: frame groups, then rows, then columns.
+    """
+    rows, cols = HEIGHT // CELL, WIDTH // CELL
+    frames = range(0, scene.num_frames, TEMPORAL_PATCH) if scene.media_type == "video" else [0]
+    out = []
+    for t in frames:
+        ids = scene.object_map(t).reshape(rows, CELL, cols, CELL).transpose(0, 2, 1, 3).reshape(rows * cols, -1)
+        counts = np.stack([(ids == i + 1).sum(1) for i in range(len(scene.objects))], 1)
+        best = counts.argmax(1)
+        covered = counts.max(1) >= MIN_COVER * CELL * CELL
+        labels = np.zeros((rows * cols, len(FIELDS)), np.int64)
+        for k, (field, values) in enumerate(FIELDS):
+            classes = np.array([values.index(getattr(o, field)) + 1 for o in scene.objects])
+            labels[:, k] = np.where(covered, classes[best], 0)
+        out.append(labels)
+    return np.concatenate(out)
+
+
+def token_cells(scene: Scene) -> np.ndarray:
+    """int64 [tokens]: the 3x3 grid cell (0 top left .. 8 bottom right) each visual token lies in."""
+    rows, cols = HEIGHT // CELL, WIDTH // CELL
+    r = ((np.arange(rows) * CELL + CELL / 2) // (HEIGHT / 3)).astype(np.int64)
+    c = ((np.arange(cols) * CELL + CELL / 2) // (WIDTH / 3)).astype(np.int64)
+    cells = (r[:, None] * 3 + c[None, :]).reshape(-1)
+    groups = len(range(0, scene.num_frames, TEMPORAL_PATCH)) if scene.media_type == "video" else 1
+    return np.tile(cells, groups)
+
+
+class TokenProbe(nn.Module):
+    """Linear heads from merged visual tokens to each field's classes (background down-weighted)."""
+
+    def __init__(self, hidden: int, background_weight: float = 0.1):
+        super().__init__()
+        self.heads = nn.ModuleList(nn.Linear(hidden, len(values) + 1) for _, values in FIELDS)
+        self.weights = [torch.tensor([background_weight] + [1.0] * len(values)) for _, values in FIELDS]
+
+    def forward(self, features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return sum(nn.functional.cross_entropy(head(features), labels[:, k], weight=w)
+                   for k, (head, w) in enumerate(zip(self.heads, self.weights)))

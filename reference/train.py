@@ -1,0 +1,251 @@
+"""Train the shipped reference VLM on procedural scenes, on CPU, reproducibly.
+
+The model is transformers' own Qwen2_5_VLForConditionalGeneration with a small config,
+the word-level tokenizer and the stock Qwen2-VL processors (as in `reference.tiny_model`),
+trained to caption and to tag images and videos from `reference.scenes`. Inputs go through
+the pipeline's own `build_inputs`, so training sees exactly what a job feeds the model.
+
+    python -m reference.train --out reference/model --minutes 30
+
+writes the model (bf16 safetensors + processor) and `train_log.json` / `loss.png` beside it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pipeline.engine import collate
+from pipeline.preprocess import build_inputs
+from pipeline.tags import default_tag_prompt
+from reference.scenes import TAG_VOCABULARY, VIDEO_FPS, Scene, make_scene
+from reference.token_labels import TokenProbe, token_cells, token_labels
+from reference.tiny_model import QWEN_PIXELS, QWEN_TEMPLATE, _text_config, build_tokenizer
+
+TASKS = ("caption", "tag")
+TAG_PROMPT = default_tag_prompt(TAG_VOCABULARY)
+
+# Text: 4 layers of width 256 (8 heads of 32). M-RoPE gives the width section the lowest
+# frequencies; with the usual base 10^4 they barely rotate across a 16-token row. Base 100
+# lets height and width resolve the grid while the lowest frequencies still rotate little
+# over an answer, so matching by content does not depend on how far into the answer a
+# token is (base 20 trained to a plateau here).
+TEXT = {"hidden": 256, "layers": 4, "rope_theta": 100.0, "mrope_section": [4, 6, 6]}
+VISION = {"depth": 2, "hidden_size": 96, "intermediate_size": 192, "num_heads": 2, "fullatt_block_indexes": [1],
+          "window_size": 112}
+
+
+def build_model_and_processor(seed: int):
+    """A fresh Qwen2.5-VL of the reference size, and its processor."""
+    from transformers import (Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor,
+                              Qwen2VLImageProcessor, Qwen2VLVideoProcessor)
+
+    torch.manual_seed(seed)
+    tokenizer = build_tokenizer()
+    ids = tokenizer.convert_tokens_to_ids
+    rope = {"rope_type": "default", "rope_theta": TEXT["rope_theta"], "mrope_section": TEXT["mrope_section"]}
+    text = _text_config(tokenizer, TEXT["hidden"], TEXT["layers"], rope_parameters=rope)
+    text["num_attention_heads"], text["num_key_value_heads"] = TEXT["hidden"] // 32, TEXT["hidden"] // 64
+    config = Qwen2_5_VLConfig(
+        text_config=text,
+        vision_config={**VISION, "out_hidden_size": TEXT["hidden"]},
+        image_token_id=ids("<|image_pad|>"),
+        video_token_id=ids("<|video_pad|>"),
+        vision_start_token_id=ids("<|vision_start|>"),
+        vision_end_token_id=ids("<|vision_end|>"),
+    )
+    processor = Qwen2_5_VLProcessor(
+        image_processor=Qwen2VLImageProcessor(**QWEN_PIXELS),
+        video_processor=Qwen2VLVideoProcessor(**QWEN_PIXELS),
+        tokenizer=tokenizer,
+        chat_template=QWEN_TEMPLATE,
+    )
+    model = Qwen2_5_VLForConditionalGeneration(config)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    return model, processor
+
+
+def prompt_for(scene: Scene, task: str) -> str:
+    return TAG_PROMPT if task == "tag" else scene.prompt
+
+
+def target_for(scene: Scene, task: str) -> str:
+    return scene.tag_answer() if task == "tag" else scene.caption()
+
+
+def model_inputs(processor, scene: Scene, task: str) -> dict[str, np.ndarray]:
+    """What the pipeline would feed the model for this scene and task (no answer)."""
+    return build_inputs(processor, scene.frames(), scene.media_type, prompt_for(scene, task),
+                        float(VIDEO_FPS) if scene.media_type == "video" else 0.0)
+
+
+def training_example(processor, scene: Scene, task: str) -> dict[str, np.ndarray]:
+    """Inputs with the answer and end-of-turn appended; `labels` score only those tokens."""
+    item = model_inputs(processor, scene, task)
+    tok = processor.tokenizer
+    answer = np.asarray(tok(target_for(scene, task), add_special_tokens=False)["input_ids"] + [tok.eos_token_id])
+    n = len(item["input_ids"])
+    item["input_ids"] = np.concatenate([item["input_ids"], answer])
+    item["attention_mask"] = np.concatenate([item["attention_mask"], np.ones_like(answer)])
+    if "mm_token_type_ids" in item:
+        item["mm_token_type_ids"] = np.concatenate([item["mm_token_type_ids"], np.zeros_like(answer)])
+    item["labels"] = np.concatenate([np.full(n, -100), answer])
+    return item
+
+
+def batch_of(items: list[dict[str, np.ndarray]], pad_id: int) -> dict[str, torch.Tensor]:
+    batch = collate([{k: v for k, v in x.items() if k != "labels"} for x in items], pad_id, torch.device("cpu"),
+                    torch.float32)
+    width = batch["input_ids"].shape[1]
+    batch["labels"] = torch.from_numpy(np.stack([np.pad(x["labels"], (width - len(x["labels"]), 0),
+                                                        constant_values=-100) for x in items]))
+    return batch
+
+
+def schedule(step_fraction: float, warmup: float = 0.05) -> float:
+    """Linear warm-up, then cosine decay to 5 % of the peak learning rate."""
+    if step_fraction < warmup:
+        return step_fraction / warmup
+    progress = min(1.0, (step_fraction - warmup) / (1 - warmup))
+    return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def load_for_training(path: Path):
+    """A saved model (fp32 for training) and its processor, to continue training from."""
+    from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
+
+    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(path, dtype=torch.float32, local_files_only=True)
+    return model, AutoProcessor.from_pretrained(path, local_files_only=True)
+
+
+def train(out: Path, *, steps: int, seed: int, lr: float, image_batch: int, video_batch: int,
+          video_every: int, aux_weight: float = 1.0, cell_layer: int = 1, checkpoint_every: int = 100,
+          stop_after: int | None = None, init: Path | None = None, first_scene: int = 0) -> dict:
+    """Train for `steps` steps: image batches, and every `video_every`-th step a video batch.
+
+    `aux_weight` scales the per-token probe losses (`reference.token_labels`; the cell probe
+    reads the output of decoder layer `cell_layer`). The model is saved every
+    `checkpoint_every` steps and at the end; `stop_after` ends early on the learning-rate
+    schedule of the full `steps`, reproducing that checkpoint. `init` continues from a saved
+    model; `first_scene` starts the training scenes there, so a continuation sees new scenes.
+    """
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    model, processor = load_for_training(init) if init else build_model_and_processor(seed)
+    model.train()
+    hidden = model.config.text_config.hidden_size
+    probe, cell_probe = TokenProbe(hidden), torch.nn.Linear(hidden, 9)
+    seen: dict[str, torch.Tensor] = {}
+    model.model.visual.register_forward_hook(lambda _m, _i, out: seen.__setitem__("vision", out.pooler_output))
+    model.model.language_model.layers[cell_layer].register_forward_hook(
+        lambda _m, _i, out: seen.__setitem__("decoder", out[0] if isinstance(out, tuple) else out))
+    visual_ids = torch.tensor([processor.image_token_id, processor.video_token_id])
+    params = list(model.parameters()) + list(probe.parameters()) + list(cell_probe.parameters())
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01, betas=(0.9, 0.98))
+    pad_id = processor.tokenizer.pad_token_id
+    counters = {"image": first_scene, "video": first_scene}
+    log: list[dict] = []
+    started = time.perf_counter()
+    settings = {"seed": seed, "steps": steps, "stop_after": stop_after, "init": str(init) if init else None,
+                "first_scene": first_scene, "lr": lr, "image_batch": image_batch, "video_batch": video_batch,
+                "video_every": video_every, "aux_weight": aux_weight, "cell_layer": cell_layer, "text": TEXT,
+                "vision": VISION, "parameters": sum(p.numel() for p in model.parameters())}
+    last = min(steps, stop_after or steps)
+    for step in range(last):
+        media = "video" if video_every and step % video_every == video_every - 1 else "image"
+        size = video_batch if media == "video" else image_batch
+        items, labels, cells = [], [], []
+        for _ in range(size):
+            scene = make_scene("train", media, counters[media])
+            task = TASKS[counters[media] % 2]
+            counters[media] += 1
+            items.append(training_example(processor, scene, task))
+            labels.append(token_labels(scene))
+            cells.append(token_cells(scene))
+        for group in opt.param_groups:
+            group["lr"] = lr * schedule(step / steps)
+        batch = batch_of(items, pad_id)
+        loss = model(**batch).loss
+        decoder_visual = seen["decoder"][torch.isin(batch["input_ids"], visual_ids)]
+        aux = probe(seen["vision"], torch.from_numpy(np.concatenate(labels))) + torch.nn.functional.cross_entropy(
+            cell_probe(decoder_visual), torch.from_numpy(np.concatenate(cells)))
+        opt.zero_grad(set_to_none=True)
+        (loss + aux_weight * aux).backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        log.append({"step": step, "media": media, "loss": loss.item(), "probe_loss": aux.item(),
+                    "elapsed_s": time.perf_counter() - started})
+        if step % 10 == 0 or step == last - 1:
+            print(f"step {step:5d} {media:5s} loss {loss.item():.4f} probe {aux.item():.4f} "
+                  f"lr {opt.param_groups[0]['lr']:.2e} {time.perf_counter() - started:7.1f} s", flush=True)
+        if (step + 1) % checkpoint_every == 0 or step == last - 1:
+            summary = {**settings, "steps_done": step + 1, "scenes_seen": dict(counters),
+                       "train_seconds": time.perf_counter() - started, "log": log}
+            save(model, processor, out, summary)
+    return summary
+
+
+def save(model, processor, out: Path, summary: dict) -> None:
+    """bf16 safetensors (half the bytes; the model is trained in fp32), processor files, log and loss plot."""
+    out.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().to(torch.bfloat16) for k, v in model.state_dict().items()}
+    model.save_pretrained(out, state_dict=state)
+    model.config.save_pretrained(out)
+    processor.save_pretrained(out)
+    (out / "train_log.json").write_text(json.dumps(summary, indent=1))
+    plot_loss(summary, out / "loss.png")
+
+
+def plot_loss(summary: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for media in ("image", "video"):
+        pts = [(r["step"], r["loss"]) for r in summary["log"] if r["media"] == media]
+        if pts:
+            x, y = zip(*pts)
+            ax.plot(x, y, label=f"{media} batches", lw=0.8)
+    ax.set(xlabel="step", ylabel="cross-entropy on answer tokens", yscale="log",
+           title=f"reference model training ({summary['train_seconds'] / 60:.1f} min, CPU)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--out", type=Path, default=Path("reference/model"))
+    ap.add_argument("--steps", type=int, default=1000)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--image-batch", type=int, default=8)
+    ap.add_argument("--video-batch", type=int, default=3)
+    ap.add_argument("--video-every", type=int, default=2)
+    ap.add_argument("--aux-weight", type=float, default=1.0, help="weight of the per-token probe loss")
+    ap.add_argument("--stop-after", type=int, default=None, help="stop after this many steps of the schedule")
+    ap.add_argument("--init", type=Path, default=None, help="continue training this saved model")
+    ap.add_argument("--first-scene", type=int, default=0, help="index of the first training scene per modality")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(min(2, torch.get_num_threads()))
+    summary = train(args.out, steps=args.steps, seed=args.seed, lr=args.lr, image_batch=args.image_batch,
+                    video_batch=args.video_batch, video_every=args.video_every, aux_weight=args.aux_weight, init=args.init,
+                    first_scene=args.first_scene, stop_after=args.stop_after)
+    print(f"saved {args.out} after {summary['steps_done']} steps, {summary['train_seconds'] / 60:.1f} min; "
+          f"final loss {summary['log'][-1]['loss']:.4f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,55 @@
+"""The shipped reference model: loads with from_pretrained, fits the size budget, and has learned.
+
+The answer tests fail for random weights, which produce no parsable object or known tag.
+"""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from jobs.default_model import default_model_path
+from jobs.eval import Item, generate, load
+from reference.grading import caption_scores, tag_f1
+from reference.scenes import make_scene
+from reference.train import model_inputs
+
+MODEL = default_model_path()
+
+
+def test_default_model_is_the_shipped_directory():
+    assert MODEL == (Path(__file__).parents[2] / "reference" / "model").resolve()
+    assert (MODEL / "model.safetensors").exists()
+
+
+def test_shipped_files_fit_in_30_mb():
+    total = sum(f.stat().st_size for f in MODEL.rglob("*") if f.is_file())
+    assert total <= 30 * 1024 * 1024
+
+
+@pytest.fixture(scope="module")
+def loaded():
+    torch.set_num_threads(min(2, torch.get_num_threads()))
+    return load(MODEL)
+
+
+def test_loads_as_qwen2_5_vl_with_its_processor(loaded):
+    model, processor = loaded
+    assert type(model).__name__ == "Qwen2_5_VLForConditionalGeneration"
+    assert processor.tokenizer.convert_ids_to_tokens(processor.image_token_id) == "<|image_pad|>"
+
+
+@pytest.mark.parametrize("media,task,count", [("image", "caption", 12), ("video", "caption", 6), ("image", "tag", 12),
+                                              ("video", "tag", 6)])
+def test_answers_held_out_scenes_better_than_random_weights(loaded, media, task, count):
+    """Random weights score ~0 here (no parsable object, no known tag); the shipped model is weak
+    (reports/eval: ~0.37 caption attribute accuracy unpruned) but well clear of that."""
+    model, processor = loaded
+    scenes = [make_scene("test", media, i) for i in range(count)]
+    items = [Item(s, task, model_inputs(processor, s, task)) for s in scenes]
+    texts, _, _ = generate(model, processor, items, batch_size=count)
+    if task == "tag":
+        assert sum(tag_f1(s, t) for s, t in zip(scenes, texts)) / count >= 0.35, texts
+    else:
+        scores = [caption_scores(s, t)["attribute_accuracy"] for s, t in zip(scenes, texts)]
+        assert sum(scores) / count >= 0.25, list(zip(texts, [s.caption() for s in scenes]))
