@@ -67,6 +67,7 @@ def plot(results: dict[str, Any], out: Path) -> list[Path]:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     rows = results["rows"]
     methods = [m for m in dict.fromkeys(r["method"] for r in rows) if m not in ("none", "blind")]
@@ -86,6 +87,7 @@ def plot(results: dict[str, Any], out: Path) -> list[Path]:
                 ax.axhline(floor[0], color="black", lw=0.8, ls="--", label="blind (other scene's pixels)")
             ax.set(title=f"{media}: {LABELS[metric]}", ylabel="% of unpruned", xscale="log")
             ax.set_xticks([5.6, 11.1, 22.2, 35.3], labels=["5.6", "11.1", "22.2", "35.3"])
+            ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     for ax in axes[1]:
         ax.set_xlabel("visual tokens kept (%)")
     if axes[0][0].get_legend_handles_labels()[0]:
