@@ -7,7 +7,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import pyarrow as pa
@@ -17,7 +16,7 @@ import pytest
 from pipeline.config import GenerationConfig, ModelConfig, PipelineConfig
 from pipeline.run import run_pipeline
 from pipeline.sink import read_results
-from reference.faults import MODEL_WORKER, stage_workers
+from reference.faults import MODEL_WORKER, result_files, stage_workers, wait_for
 from reference.media import write_image
 
 
@@ -32,18 +31,6 @@ def image_manifest(root: Path, count: int) -> str:
     path = root / "manifest.parquet"
     pq.write_table(pa.Table.from_pylist(rows), path)
     return str(path)
-
-
-def wait_for(predicate, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out waiting for {what}")
-        time.sleep(0.2)
-
-
-def result_files(output: Path) -> list[Path]:
-    return list((output / "results").rglob("part-*.parquet"))
 
 
 def assert_exactly_once(output: Path, count: int) -> pa.Table:

@@ -121,7 +121,7 @@ def test_live_metrics_scraped_and_summary_pushed(tmp_path, tiny_model_dir, pushg
             f"sum(last_over_time(ray_iwp_items_processed_total{sel}[10m]))": 7,
             'sum(last_over_time(ray_iwp_items_failed_total{job="metrics-test",stage="decode"}[10m]))': 2,
             f"sum(last_over_time(ray_iwp_frames_decoded_total{sel}[10m]))": 5,
-            f"sum(last_over_time(ray_iwp_stage_latency_seconds_count{{job=\"metrics-test\",stage=\"decode\"}}[10m]))": 7,
+            'sum(last_over_time(ray_iwp_stage_latency_seconds_count{job="metrics-test",stage="decode"}[10m]))': 7,
         }
         deadline = time.monotonic() + 90
         while True:
@@ -133,8 +133,8 @@ def test_live_metrics_scraped_and_summary_pushed(tmp_path, tiny_model_dir, pushg
         by_type = json.loads(get(f"{prom_url}/api/v1/query?" + urllib.parse.urlencode(
             {"query": 'sum by (error_type) (last_over_time(ray_iwp_items_failed_total{job="metrics-test"}[10m]))'})))
         assert {r["metric"]["error_type"]: float(r["value"][1]) for r in by_type["data"]["result"]} == {"UnidentifiedImageError": 2.0}
-        before = prom_query(prom_url, f'sum(last_over_time(ray_iwp_visual_tokens_total{{job="metrics-test",phase="before"}}[10m]))')
-        after = prom_query(prom_url, f'sum(last_over_time(ray_iwp_visual_tokens_total{{job="metrics-test",phase="after"}}[10m]))')
+        before = prom_query(prom_url, 'sum(last_over_time(ray_iwp_visual_tokens_total{job="metrics-test",phase="before"}[10m]))')
+        after = prom_query(prom_url, 'sum(last_over_time(ray_iwp_visual_tokens_total{job="metrics-test",phase="after"}[10m]))')
         assert before and after and after / before == pytest.approx(0.5, abs=0.05)
         assert prom_query(prom_url, 'sum(last_over_time(ray_iwp_batch_size_count{job="metrics-test"}[10m]))') >= 1
         assert prom_query(prom_url, 'max(last_over_time(ray_iwp_decode_tokens_per_second{job="metrics-test"}[10m]))') > 0
