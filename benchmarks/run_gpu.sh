@@ -6,6 +6,10 @@
 #   2. bench_select.py --quick on CUDA (selection time and memory as N grows).
 # Usage: benchmarks/run_gpu.sh OUTDIR [bench_model.py args, e.g. --no-batch]   (JSON + logs land in OUTDIR)
 # Each part has its own time limit so that one overrun still leaves the other's results.
+# Needs torch with CUDA and transformers 5.24.x (the pinned range). Where the machine has another
+# transformers, install the 5.24 wheel beside it first, e.g.
+#   pip install --no-deps --target /tmp/site transformers-5.24.0-py3-none-any.whl && export PYTHONPATH=/tmp/site
+# (the committed H200 runs did this, with the image's own torch 2.11).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${1:?usage: benchmarks/run_gpu.sh OUTDIR}
