@@ -19,7 +19,7 @@ setup() {
   # torchvision from PyPI does not import beside the CPU-only torch 2.13 file on these
   # machines; this pair installs together (a CUDA build that also runs on the CPU).
   "$VENV/bin/python" -m pip install -q "torch==2.14.1" "torchvision==0.29.1"
-  "$VENV/bin/python" -m pip install -q -e ".[test]"
+  "$VENV/bin/python" -m pip install -q -e ".[test,report]"
   rm -f "$VENV"/.setup-*
   touch "$STAMP"
 }
