@@ -288,37 +288,3 @@ def test_submitted_specs_run_on_the_cluster(ray_head, tmp_path, tiny_model_dir):
     assert (w.returncode, w.stdout.strip()) == (1, "FAILED"), w.stderr
     assert bad_id in w.stderr
     assert "no-such-manifest.parquet" in seen["bad_logs"]
-
-
-def test_stop_is_a_clean_preemption_not_a_kill(ray_head, tmp_path, tiny_model_dir):
-    """`iwp-annotate stop`: Ray's supervisor sends the driver SIGTERM and waits the submission's
-    RAY_JOB_STOP_WAIT_TIME_S (grace + margin; Ray's own default of 3 s would SIGKILL a driver
-    still shutting down), so the run ends 'preempted', its lock released, and a rerun resumes."""
-    from pipeline.runlog import read_records
-    from reference.faults import media_manifest, result_files, wait_for
-
-    url, head_env = ray_head
-    manifest, output = media_manifest(tmp_path, 96), tmp_path / "out"  # long enough to be stopped mid-run
-    spec = tmp_path / "long.yaml"
-    spec.write_text(yaml.safe_dump({
-        "name": "stop-test", "task": {"kind": "caption"}, "input": manifest, "output": str(output),
-        "model": {"path": str(tiny_model_dir), "device": "cpu", "dtype": "float32"},
-        "generation": {"max_new_tokens": 48}, "grace_period_s": 20,
-        "resources": {"model_actors": [1, 1], "gpus_per_actor": 0, "cpus_per_model_actor": 1, "cpus_per_decode_task": 1},
-    }, sort_keys=False))
-    r = cli(head_env, "submit", str(spec), "--address", url)
-    assert r.returncode == 0, r.stderr[-3000:]
-    job_id = r.stdout.strip()
-    try:
-        wait_for(lambda: result_files(output), 300, "the first result file")
-    except TimeoutError:
-        pytest.fail(cli(head_env, "logs", job_id, "--address", url).stdout[-3000:])
-    s = cli(head_env, "stop", job_id, "--address", url, "--wait", "--timeout", "120", timeout=180)
-    logs = cli(head_env, "logs", job_id, "--address", url).stdout
-    assert (s.returncode, s.stdout.strip()) == (0, "STOPPED"), f"{s.stdout}\n{s.stderr}\n{logs[-3000:]}"
-    assert "iwp-annotate: preempted: received SIGTERM" in logs, logs[-3000:]
-    [record] = read_records(str(output))
-    assert record["status"] == "preempted", record
-    assert not (output / "_lock.json").exists()
-    again = cli(head_env, "stop", job_id, "--address", url)
-    assert again.returncode == 0 and "already ended" in again.stderr
