@@ -11,6 +11,7 @@ Architectures: `qwen2_5_vl` (the default), `qwen2_vl`, `llava_onevision`.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -88,24 +89,30 @@ def _text_config(tokenizer: PreTrainedTokenizerFast, hidden: int, layers: int, *
     }
 
 
-def _qwen(arch: str, hidden: int, layers: int):
+def qwen_model(arch: str, hidden: int, layers: int, *, vision: dict | None = None, rope_theta: float = 10000.0,
+               mrope_section: Sequence[int] = (2, 3, 3), heads: tuple[int, int] | None = None):
+    """A randomly initialised Qwen2-VL / Qwen2.5-VL and its processor. `vision` replaces the tiny
+    vision config and `heads` (query, KV) the text heads: the reference model's training uses both."""
     from transformers import (Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor,
                               Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLImageProcessor,
                               Qwen2VLProcessor, Qwen2VLVideoProcessor)
 
     tokenizer = build_tokenizer()
     ids = tokenizer.convert_tokens_to_ids
-    rope = {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]}
+    rope = {"rope_type": "default", "rope_theta": rope_theta, "mrope_section": list(mrope_section)}
+    text = _text_config(tokenizer, hidden, layers, rope_parameters=rope)
+    if heads is not None:
+        text["num_attention_heads"], text["num_key_value_heads"] = heads
     if arch == "qwen2_5_vl":
         config_cls, model_cls, proc_cls = Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor
-        vision = {"depth": 2, "hidden_size": 32, "intermediate_size": 64, "num_heads": 2, "out_hidden_size": hidden,
-                  "fullatt_block_indexes": [1], "window_size": 112}
+        default = {"depth": 2, "hidden_size": 32, "intermediate_size": 64, "num_heads": 2, "out_hidden_size": hidden,
+                   "fullatt_block_indexes": [1], "window_size": 112}
     else:
         config_cls, model_cls, proc_cls = Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLProcessor
-        vision = {"depth": 2, "embed_dim": 32, "hidden_size": hidden, "mlp_ratio": 2, "num_heads": 2}
+        default = {"depth": 2, "embed_dim": 32, "hidden_size": hidden, "mlp_ratio": 2, "num_heads": 2}
     config = config_cls(
-        text_config=_text_config(tokenizer, hidden, layers, rope_parameters=rope),
-        vision_config=vision,
+        text_config=text,
+        vision_config=default if vision is None else vision,
         image_token_id=ids("<|image_pad|>"),
         video_token_id=ids("<|video_pad|>"),
         vision_start_token_id=ids("<|vision_start|>"),
@@ -155,7 +162,7 @@ def build_tiny_model(out_dir: str | Path, *, arch: str = "qwen2_5_vl", seed: int
     if arch not in ARCHITECTURES:
         raise ValueError(f"arch must be one of {ARCHITECTURES}, got {arch!r}")
     torch.manual_seed(seed)
-    model, processor = _llava_onevision(hidden, layers) if arch == "llava_onevision" else _qwen(arch, hidden, layers)
+    model, processor = _llava_onevision(hidden, layers) if arch == "llava_onevision" else qwen_model(arch, hidden, layers)
     tok = processor.tokenizer
     model.generation_config.pad_token_id = tok.pad_token_id
     model.generation_config.eos_token_id = tok.eos_token_id

@@ -27,7 +27,7 @@ from pipeline.preprocess import build_inputs
 from pipeline.tags import default_tag_prompt
 from reference.scenes import TAG_VOCABULARY, VIDEO_FPS, Scene, make_scene
 from reference.token_labels import TokenProbe, token_cells, token_labels
-from reference.tiny_model import QWEN_PIXELS, QWEN_TEMPLATE, _text_config, build_tokenizer
+from reference.tiny_model import qwen_model
 
 TASKS = ("caption", "tag")
 TAG_PROMPT = default_tag_prompt(TAG_VOCABULARY)
@@ -44,32 +44,12 @@ VISION = {"depth": 2, "hidden_size": 96, "intermediate_size": 192, "num_heads": 
 
 def build_model_and_processor(seed: int):
     """A fresh Qwen2.5-VL of the reference size, and its processor."""
-    from transformers import (Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor,
-                              Qwen2VLImageProcessor, Qwen2VLVideoProcessor)
-
     torch.manual_seed(seed)
-    tokenizer = build_tokenizer()
-    ids = tokenizer.convert_tokens_to_ids
-    rope = {"rope_type": "default", "rope_theta": TEXT["rope_theta"], "mrope_section": TEXT["mrope_section"]}
-    text = _text_config(tokenizer, TEXT["hidden"], TEXT["layers"], rope_parameters=rope)
-    text["num_attention_heads"], text["num_key_value_heads"] = TEXT["hidden"] // 32, TEXT["hidden"] // 64
-    config = Qwen2_5_VLConfig(
-        text_config=text,
-        vision_config={**VISION, "out_hidden_size": TEXT["hidden"]},
-        image_token_id=ids("<|image_pad|>"),
-        video_token_id=ids("<|video_pad|>"),
-        vision_start_token_id=ids("<|vision_start|>"),
-        vision_end_token_id=ids("<|vision_end|>"),
-    )
-    processor = Qwen2_5_VLProcessor(
-        image_processor=Qwen2VLImageProcessor(**QWEN_PIXELS),
-        video_processor=Qwen2VLVideoProcessor(**QWEN_PIXELS),
-        tokenizer=tokenizer,
-        chat_template=QWEN_TEMPLATE,
-    )
-    model = Qwen2_5_VLForConditionalGeneration(config)
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model, processor = qwen_model("qwen2_5_vl", TEXT["hidden"], TEXT["layers"],
+                                  vision={**VISION, "out_hidden_size": TEXT["hidden"]}, rope_theta=TEXT["rope_theta"],
+                                  mrope_section=TEXT["mrope_section"], heads=(TEXT["hidden"] // 32, TEXT["hidden"] // 64))
+    model.generation_config.pad_token_id = processor.tokenizer.pad_token_id
+    model.generation_config.eos_token_id = processor.tokenizer.eos_token_id
     return model, processor
 
 
