@@ -6,11 +6,19 @@ the shapes answer the question, so most visual tokens are redundant: the setting
 pruning is about. Captions and tag answers are derived deterministically from the ground
 truth with words the word-level tokenizer knows (`reference.tiny_model.WORDS`).
 
+Shapes sit on the 28-pixel grid of merged visual tokens: a small shape fills the middle of one
+token, a large one is centred on a token corner, and a moving shape steps one token per
+temporal patch (two frames). So every token it covers holds the whole shape or one quarter of
+it, and a model this small, trained on a CPU in minutes, learns shapes. Placed at random
+offsets, shapes are cut arbitrarily by token edges, and in development runs neither a per-token
+classifier on the raw pixels nor the vision tower learned the kind much above chance.
+
 Splits draw from disjoint seed streams, so train, val and test never share a scene.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,12 +27,14 @@ from PIL import Image
 
 from reference.media import COLOURS, SHAPES, write_frames
 
-HEIGHT, WIDTH = 392, 448  # 14 x 16 visual tokens after the 2x2 merge (28 px each)
-VIDEO_FRAMES, VIDEO_FPS = 8, 4  # temporal patch 2 -> 4 x 224 = 896 video tokens
-SIZES = {"small": (18, 24), "large": (32, 38)}
+TOKEN_PX = 28  # pixels per side of one merged visual token (patch 14, 2x2 merge)
+TEMPORAL_PATCH = 2  # frames per video token
+HEIGHT, WIDTH = 392, 448  # 14 x 16 visual tokens
+VIDEO_FRAMES, VIDEO_FPS = 8, 4  # 4 temporal patches x 224 = 896 video tokens
+SIZES = {"small": (9, 11), "large": (19, 23)}  # radius in px: one token, or a 2x2 block of tokens
 MOTIONS = ("still", "left", "right", "up", "down")
 ROWS, COLS = ("top", "center", "bottom"), ("left", "center", "right")
-TRAVEL = 84  # pixels a moving shape covers from the first to the last frame
+TRAVEL = 3 * TOKEN_PX  # pixels a moving shape covers from the first to the last frame
 SPLITS = {"train": 0, "val": 1, "test": 2}
 MEDIA_TYPES = ("image", "video")
 MAX_OBJECTS = {"image": 3, "video": 2}
@@ -51,7 +61,8 @@ class SceneObject:
         return f"{row} {col}"
 
     def centre(self, t: int, frames: int) -> tuple[float, float]:
-        step = TRAVEL * t / max(1, frames - 1)
+        """Where it is in frame t: it moves in whole steps between temporal patches."""
+        step = TRAVEL * (t // TEMPORAL_PATCH) / max(1, (frames - 1) // TEMPORAL_PATCH)
         dx, dy = {"still": (0, 0), "left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}[self.motion]
         return self.x + dx * step, self.y + dy * step
 
@@ -142,12 +153,18 @@ def _background(grey: int, tint: int, channel: int, px: float, py: float) -> np.
     return np.clip(base[None, None, :] + stripes[..., None], 0, 255).astype(np.uint8)
 
 
-def _place(rng: np.random.Generator, cell: int, radius: int, video: bool) -> tuple[float, float, str] | None:
-    ch, cw = HEIGHT / 3, WIDTH / 3
+def _place(rng: np.random.Generator, cell: int, radius: int, video: bool) -> tuple[float, float, str]:
+    """A centre on the token grid inside `cell`: a token's middle for a small shape, a token corner for a large one."""
+    offset = TOKEN_PX // 2 if radius < TOKEN_PX // 2 else 0
+    margin = radius + 6
     row, col = divmod(cell, 3)
-    jx, jy = max(0.0, cw / 2 - radius - 6), max(0.0, ch / 2 - radius - 6)
-    x = (col + 0.5) * cw + rng.uniform(-jx, jx)
-    y = (row + 0.5) * ch + rng.uniform(-jy, jy)
+
+    def snapped(lo: float, hi: float) -> float:
+        steps = np.arange(math.ceil((lo - offset) / TOKEN_PX), math.floor((hi - offset) / TOKEN_PX) + 1)
+        return float(TOKEN_PX * rng.choice(steps) + offset)
+
+    x = snapped(col * WIDTH / 3 + margin, (col + 1) * WIDTH / 3 - margin)
+    y = snapped(row * HEIGHT / 3 + margin, (row + 1) * HEIGHT / 3 - margin)
     if not video:
         return x, y, "still"
     room = {"still": True, "left": x - TRAVEL - radius >= 2, "right": x + TRAVEL + radius <= WIDTH - 2,

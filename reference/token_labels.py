@@ -18,16 +18,14 @@ import torch
 from torch import nn
 
 from reference.media import COLOURS, SHAPES
-from reference.scenes import HEIGHT, SIZES, WIDTH, Scene
-
-CELL = 28  # pixels per merged visual token (patch 14, 2x2 merge)
-TEMPORAL_PATCH = 2
+from reference.scenes import HEIGHT, SIZES, TEMPORAL_PATCH, WIDTH, Scene
+from reference.scenes import TOKEN_PX as CELL
 FIELDS = (("colour", tuple(COLOURS)), ("shape", SHAPES), ("size", tuple(SIZES)))
 MIN_COVER = 0.2  # share of a token's pixels an object must cover to label it
 
 
-def token_labels(scene: Scene) -> np.ndarray:
-    """int64 [tokens, 3]: class + 1 of each field for the object covering the token, 0 for background.
+def token_objects(scene: Scene) -> np.ndarray:
+    """int64 [tokens]: 1 + the index of the object covering each visual token, 0 for background.
 
     Tokens in the merger's output order: frame groups, then rows, then columns.
     """
@@ -37,14 +35,18 @@ def token_labels(scene: Scene) -> np.ndarray:
     for t in frames:
         ids = scene.object_map(t).reshape(rows, CELL, cols, CELL).transpose(0, 2, 1, 3).reshape(rows * cols, -1)
         counts = np.stack([(ids == i + 1).sum(1) for i in range(len(scene.objects))], 1)
-        best = counts.argmax(1)
-        covered = counts.max(1) >= MIN_COVER * CELL * CELL
-        labels = np.zeros((rows * cols, len(FIELDS)), np.int64)
-        for k, (field, values) in enumerate(FIELDS):
-            classes = np.array([values.index(getattr(o, field)) + 1 for o in scene.objects])
-            labels[:, k] = np.where(covered, classes[best], 0)
-        out.append(labels)
+        out.append(np.where(counts.max(1) >= MIN_COVER * CELL * CELL, counts.argmax(1) + 1, 0))
     return np.concatenate(out)
+
+
+def token_labels(scene: Scene) -> np.ndarray:
+    """int64 [tokens, 3]: class + 1 of each field for the object covering the token, 0 for background."""
+    owner = token_objects(scene)
+    labels = np.zeros((len(owner), len(FIELDS)), np.int64)
+    for k, (field, values) in enumerate(FIELDS):
+        classes = np.array([0] + [values.index(getattr(o, field)) + 1 for o in scene.objects])
+        labels[:, k] = classes[owner]
+    return labels
 
 
 def token_cells(scene: Scene) -> np.ndarray:

@@ -4,8 +4,10 @@ The model is transformers' own Qwen2_5_VLForConditionalGeneration with a small c
 the word-level tokenizer and the stock Qwen2-VL processors (as in `reference.tiny_model`),
 trained to caption and to tag images and videos from `reference.scenes`. Inputs go through
 the pipeline's own `build_inputs`, so training sees exactly what a job feeds the model.
+Besides the answer loss, three training-only signals speed it up on a CPU budget: the
+per-token probes of `reference.token_labels` and the caption pointer (`pointer_loss`).
 
-    python -m reference.train --out reference/model --minutes 30
+    python -m reference.train --out reference/model --steps 1800
 
 writes the model (bf16 safetensors + processor) and `train_log.json` / `loss.png` beside it.
 """
@@ -26,7 +28,7 @@ from pipeline.engine import collate
 from pipeline.preprocess import build_inputs
 from pipeline.tags import default_tag_prompt
 from reference.scenes import TAG_VOCABULARY, VIDEO_FPS, Scene, make_scene
-from reference.token_labels import TokenProbe, token_cells, token_labels
+from reference.token_labels import TokenProbe, token_cells, token_labels, token_objects
 from reference.tiny_model import qwen_model
 
 TASKS = ("caption", "tag")
@@ -40,6 +42,8 @@ TAG_PROMPT = default_tag_prompt(TAG_VOCABULARY)
 TEXT = {"hidden": 256, "layers": 4, "rope_theta": 100.0, "mrope_section": [4, 6, 6]}
 VISION = {"depth": 2, "hidden_size": 96, "intermediate_size": 192, "num_heads": 2, "fullatt_block_indexes": [1],
           "window_size": 112}
+# (decoder layer, query head) whose attention is taught where each caption object is; see `pointer_loss`.
+POINTER_HEADS = ((2, 0), (3, 0))
 
 
 def build_model_and_processor(seed: int):
@@ -67,27 +71,85 @@ def model_inputs(processor, scene: Scene, task: str) -> dict[str, np.ndarray]:
                         float(VIDEO_FPS) if scene.media_type == "video" else 0.0)
 
 
+def answer_ids(tokenizer, scene: Scene, task: str) -> tuple[list[int], list[int]]:
+    """The answer's token ids and, per id, the index of the scene object it describes (-1: none).
+
+    A caption is its objects' phrases joined by " , ": each phrase and the comma before it
+    belong to that object; the closing " ." and tag answers belong to none.
+    """
+    def ids(text: str) -> list[int]:
+        return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    if task == "tag":
+        answer = ids(scene.tag_answer())
+        return answer, [-1] * len(answer)
+    answer, owner = [], []
+    for j, o in enumerate(scene.objects):
+        piece = ids((", " if j else "") + o.phrase(scene.media_type == "video"))
+        answer += piece
+        owner += [j] * len(piece)
+    end = ids(".")
+    return answer + end, owner + [-1] * len(end)
+
+
 def training_example(processor, scene: Scene, task: str) -> dict[str, np.ndarray]:
-    """Inputs with the answer and end-of-turn appended; `labels` score only those tokens."""
+    """Inputs with the answer and end-of-turn appended; `labels` score only those tokens.
+
+    `pointer` holds, per position, the object its next token describes (-1: none), and
+    `key_object` the object under each visual token (-1: background or text), for `pointer_loss`.
+    """
     item = model_inputs(processor, scene, task)
     tok = processor.tokenizer
-    answer = np.asarray(tok(target_for(scene, task), add_special_tokens=False)["input_ids"] + [tok.eos_token_id])
+    ids, owner = answer_ids(tok, scene, task)
+    answer = np.asarray(ids + [tok.eos_token_id])
     n = len(item["input_ids"])
+    visual = np.isin(item["input_ids"], [processor.image_token_id, processor.video_token_id])
     item["input_ids"] = np.concatenate([item["input_ids"], answer])
     item["attention_mask"] = np.concatenate([item["attention_mask"], np.ones_like(answer)])
     if "mm_token_type_ids" in item:
         item["mm_token_type_ids"] = np.concatenate([item["mm_token_type_ids"], np.zeros_like(answer)])
     item["labels"] = np.concatenate([np.full(n, -100), answer])
+    item["pointer"] = np.concatenate([np.full(n - 1, -1), owner, [-1, -1]])
+    key_object = np.full(len(item["input_ids"]), -1)
+    key_object[np.flatnonzero(visual)] = token_objects(scene) - 1
+    item["key_object"] = key_object
     return item
 
 
+TARGETS = ("labels", "pointer", "key_object")
+
+
 def batch_of(items: list[dict[str, np.ndarray]], pad_id: int) -> dict[str, torch.Tensor]:
-    batch = collate([{k: v for k, v in x.items() if k != "labels"} for x in items], pad_id, torch.device("cpu"),
+    batch = collate([{k: v for k, v in x.items() if k not in TARGETS} for x in items], pad_id, torch.device("cpu"),
                     torch.float32)
     width = batch["input_ids"].shape[1]
-    batch["labels"] = torch.from_numpy(np.stack([np.pad(x["labels"], (width - len(x["labels"]), 0),
-                                                        constant_values=-100) for x in items]))
+    for key in TARGETS:
+        batch[key] = torch.from_numpy(np.stack([np.pad(x[key], (width - len(x[key]), 0),
+                                                       constant_values=-100 if key == "labels" else -1)
+                                                for x in items]))
     return batch
+
+
+def pointer_loss(attentions: tuple[torch.Tensor, ...], pointer: torch.Tensor, key_object: torch.Tensor) -> torch.Tensor:
+    """Mean -log of the attention mass that `POINTER_HEADS` put on the object each caption token is about.
+
+    A caption token must find the one to twelve tokens of its object among hundreds of
+    background tokens. This names them; with it the two heads put ~80 % of their attention on
+    the right object within a few hundred steps. The weights stay a plain Qwen2.5-VL, and the
+    supervision is used only in training.
+    """
+    target = (pointer[:, :, None] >= 0) & (pointer[:, :, None] == key_object[:, None, :])
+    rows = target.any(-1)
+    if not rows.any():
+        return attentions[0].new_zeros(())
+    mass = torch.stack([(attentions[layer][:, head] * target).sum(-1)[rows] for layer, head in POINTER_HEADS])
+    return -torch.log(mass + 1e-6).mean()
+
+
+def unit_scale(features: torch.Tensor) -> torch.Tensor:
+    """RMS-normalised features for the probes, so that a probe cannot lower its loss by the model
+    scaling its hidden states up instead of encoding the labels."""
+    return torch.nn.functional.rms_norm(features, features.shape[-1:])
 
 
 def schedule(step_fraction: float, warmup: float = 0.05) -> float:
@@ -107,7 +169,7 @@ def load_for_training(path: Path):
 
 
 def train(out: Path, *, steps: int, seed: int, lr: float, image_batch: int, video_batch: int,
-          video_every: int, aux_weight: float = 1.0, cell_layer: int = 1, checkpoint_every: int = 100,
+          video_every: int, aux_weight: float = 1.0, pointer_weight: float = 1.0, cell_layer: int = 1, checkpoint_every: int = 100,
           stop_after: int | None = None, init: Path | None = None, first_scene: int = 0) -> dict:
     """Train for `steps` steps: image batches, and every `video_every`-th step a video batch.
 
@@ -121,6 +183,8 @@ def train(out: Path, *, steps: int, seed: int, lr: float, image_batch: int, vide
     np.random.seed(seed)
     torch.manual_seed(seed)
     model, processor = load_for_training(init) if init else build_model_and_processor(seed)
+    if pointer_weight > 0:
+        model.set_attn_implementation({"text_config": "eager", "vision_config": "sdpa"})  # SDPA returns no weights
     model.train()
     hidden = model.config.text_config.hidden_size
     probe, cell_probe = TokenProbe(hidden), torch.nn.Linear(hidden, 9)
@@ -137,7 +201,8 @@ def train(out: Path, *, steps: int, seed: int, lr: float, image_batch: int, vide
     started = time.perf_counter()
     settings = {"seed": seed, "steps": steps, "stop_after": stop_after, "init": str(init) if init else None,
                 "first_scene": first_scene, "lr": lr, "image_batch": image_batch, "video_batch": video_batch,
-                "video_every": video_every, "aux_weight": aux_weight, "cell_layer": cell_layer, "text": TEXT,
+                "video_every": video_every, "aux_weight": aux_weight, "pointer_weight": pointer_weight,
+                "pointer_heads": POINTER_HEADS, "cell_layer": cell_layer, "text": TEXT,
                 "vision": VISION, "parameters": sum(p.numel() for p in model.parameters())}
     last = min(steps, stop_after or steps)
     for step in range(last):
@@ -154,18 +219,21 @@ def train(out: Path, *, steps: int, seed: int, lr: float, image_batch: int, vide
         for group in opt.param_groups:
             group["lr"] = lr * schedule(step / steps)
         batch = batch_of(items, pad_id)
-        loss = model(**batch).loss
+        pointer, key_object = batch.pop("pointer"), batch.pop("key_object")
+        outputs = model(**batch, output_attentions=pointer_weight > 0)
+        loss = outputs.loss
         decoder_visual = seen["decoder"][torch.isin(batch["input_ids"], visual_ids)]
-        aux = probe(seen["vision"], torch.from_numpy(np.concatenate(labels))) + torch.nn.functional.cross_entropy(
-            cell_probe(decoder_visual), torch.from_numpy(np.concatenate(cells)))
+        aux = probe(unit_scale(seen["vision"]), torch.from_numpy(np.concatenate(labels))) + \
+            torch.nn.functional.cross_entropy(cell_probe(unit_scale(decoder_visual)), torch.from_numpy(np.concatenate(cells)))
         opt.zero_grad(set_to_none=True)
-        (loss + aux_weight * aux).backward()
+        point = pointer_loss(outputs.attentions, pointer, key_object) if pointer_weight > 0 else torch.zeros(())
+        (loss + aux_weight * aux + pointer_weight * point).backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         log.append({"step": step, "media": media, "loss": loss.item(), "probe_loss": aux.item(),
-                    "elapsed_s": time.perf_counter() - started})
+                    "pointer_loss": point.item(), "elapsed_s": time.perf_counter() - started})
         if step % 10 == 0 or step == last - 1:
-            print(f"step {step:5d} {media:5s} loss {loss.item():.4f} probe {aux.item():.4f} "
+            print(f"step {step:5d} {media:5s} loss {loss.item():.4f} probe {aux.item():.4f} pointer {point.item():.3f} "
                   f"lr {opt.param_groups[0]['lr']:.2e} {time.perf_counter() - started:7.1f} s", flush=True)
         if (step + 1) % checkpoint_every == 0 or step == last - 1:
             summary = {**settings, "steps_done": step + 1, "scenes_seen": dict(counters),
@@ -208,20 +276,24 @@ def plot_loss(summary: dict, path: Path) -> None:
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", type=Path, default=Path("reference/model"))
-    ap.add_argument("--steps", type=int, default=1000)
+    ap.add_argument("--steps", type=int, default=1800)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--lr", type=float, default=6e-4,
+                    help="peak learning rate; at 2e-3, three directions held 99%% of the visual tokens' hidden-state "
+                         "energy by decoder layer 2 and the attended values carried no colour")
     ap.add_argument("--image-batch", type=int, default=8)
     ap.add_argument("--video-batch", type=int, default=3)
     ap.add_argument("--video-every", type=int, default=2)
     ap.add_argument("--aux-weight", type=float, default=1.0, help="weight of the per-token probe loss")
+    ap.add_argument("--pointer-weight", type=float, default=1.0, help="weight of the caption pointer loss (0: off)")
     ap.add_argument("--stop-after", type=int, default=None, help="stop after this many steps of the schedule")
     ap.add_argument("--init", type=Path, default=None, help="continue training this saved model")
     ap.add_argument("--first-scene", type=int, default=0, help="index of the first training scene per modality")
     args = ap.parse_args(argv)
     torch.set_num_threads(min(2, torch.get_num_threads()))
     summary = train(args.out, steps=args.steps, seed=args.seed, lr=args.lr, image_batch=args.image_batch,
-                    video_batch=args.video_batch, video_every=args.video_every, aux_weight=args.aux_weight, init=args.init,
+                    video_batch=args.video_batch, video_every=args.video_every, aux_weight=args.aux_weight,
+                    pointer_weight=args.pointer_weight, init=args.init,
                     first_scene=args.first_scene, stop_after=args.stop_after)
     print(f"saved {args.out} after {summary['steps_done']} steps, {summary['train_seconds'] / 60:.1f} min; "
           f"final loss {summary['log'][-1]['loss']:.4f}")

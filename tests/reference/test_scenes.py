@@ -67,3 +67,18 @@ def test_written_video_decodes_to_all_frames(tmp_path):
     frames, _ = decode_video(str(path), SamplingConfig(num_frames=8), None, None)
     assert frames.shape == (VIDEO_FRAMES, HEIGHT, WIDTH, 3)
     assert np.abs(frames.astype(int) - s.frames().astype(int)).mean() < 6
+
+
+def test_shapes_sit_on_the_token_grid_and_move_one_token_per_temporal_patch():
+    """Small shapes fill one token's middle, large ones centre on a token corner (see the module docstring)."""
+    from reference.scenes import SIZES, TEMPORAL_PATCH, TOKEN_PX
+
+    for s in scenes("val", "image", 20) + scenes("val", "video", 20):
+        for o in s.objects:
+            offset = TOKEN_PX // 2 if o.size == "small" else 0
+            assert SIZES[o.size][0] <= o.radius <= SIZES[o.size][1]
+            for t in range(s.num_frames):
+                x, y = o.centre(t, s.num_frames)
+                assert (x - offset) % TOKEN_PX == 0 and (y - offset) % TOKEN_PX == 0
+                if t % TEMPORAL_PATCH:
+                    assert (x, y) == o.centre(t - 1, s.num_frames)

@@ -39,17 +39,18 @@ def test_loads_as_qwen2_5_vl_with_its_processor(loaded):
     assert processor.tokenizer.convert_ids_to_tokens(processor.image_token_id) == "<|image_pad|>"
 
 
-@pytest.mark.parametrize("media,task,count", [("image", "caption", 12), ("video", "caption", 6), ("image", "tag", 12),
-                                              ("video", "tag", 6)])
-def test_answers_held_out_scenes_better_than_random_weights(loaded, media, task, count):
-    """Random weights score ~0 here (no parsable object, no known tag); the shipped model is weak
-    (reports/eval: ~0.37 caption attribute accuracy unpruned) but well clear of that."""
+@pytest.mark.parametrize("media,task,count,floor", [("image", "caption", 12, 0.8), ("video", "caption", 6, 0.65),
+                                                    ("image", "tag", 12, 0.75), ("video", "tag", 6, 0.75)])
+def test_answers_held_out_scenes(loaded, media, task, count, floor):
+    """Random weights score ~0 here (no parsable object, no known tag). On these scenes the shipped
+    model scored 0.92 / 0.80 caption attribute accuracy (image / video) and 0.91 / 0.92 tag F1;
+    the floors leave room for numerical differences between machines."""
     model, processor = loaded
     scenes = [make_scene("test", media, i) for i in range(count)]
     items = [Item(s, task, model_inputs(processor, s, task)) for s in scenes]
     texts, _, _ = generate(model, processor, items, batch_size=count)
     if task == "tag":
-        assert sum(tag_f1(s, t) for s, t in zip(scenes, texts)) / count >= 0.35, texts
+        assert sum(tag_f1(s, t) for s, t in zip(scenes, texts)) / count >= floor, texts
     else:
         scores = [caption_scores(s, t)["attribute_accuracy"] for s, t in zip(scenes, texts)]
-        assert sum(scores) / count >= 0.25, list(zip(texts, [s.caption() for s in scenes]))
+        assert sum(scores) / count >= floor, list(zip(texts, [s.caption() for s in scenes]))

@@ -1,0 +1,83 @@
+"""Training targets line up with the tokens they supervise, and a short run saves a loadable model."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from reference.scenes import make_scene
+from reference.token_labels import token_objects
+from reference.train import (POINTER_HEADS, TASKS, answer_ids, batch_of, build_model_and_processor, pointer_loss, target_for,
+                             train, training_example)
+
+
+@pytest.fixture(scope="module")
+def processor():
+    return build_model_and_processor(0)[1]
+
+
+@pytest.mark.parametrize("media", ["image", "video"])
+def test_answer_ids_are_the_tokenized_target_with_each_phrase_owned_by_its_object(processor, media):
+    tok = processor.tokenizer
+    for i in range(20):
+        scene = make_scene("val", media, i)
+        for task in TASKS:
+            ids, owner = answer_ids(tok, scene, task)
+            assert ids == tok(target_for(scene, task), add_special_tokens=False)["input_ids"]
+            if task == "tag":
+                assert set(owner) == {-1}
+                continue
+            words = tok.convert_ids_to_tokens(ids)
+            for j, o in enumerate(scene.objects):
+                assert [w for w, k in zip(words, owner) if k == j and w != ","] == o.phrase(media == "video").split()
+            assert words[-1] == "." and owner[-1] == -1
+
+
+@pytest.mark.parametrize("media", ["image", "video"])
+def test_pointer_names_the_object_of_the_next_token_and_key_object_its_visual_tokens(processor, media):
+    scene = next(s for s in (make_scene("val", media, i) for i in range(20)) if len(s.objects) == 2)
+    item = training_example(processor, scene, "caption")
+    ids, owner = answer_ids(processor.tokenizer, scene, "caption")
+    start = len(item["input_ids"]) - len(ids) - 1
+    assert len(item["pointer"]) == len(item["key_object"]) == len(item["input_ids"])
+    assert list(item["pointer"][start - 1:start - 1 + len(ids)]) == owner
+    assert set(item["pointer"][:start - 1]) == set(item["pointer"][start - 1 + len(ids):]) == {-1}
+    visual = np.isin(item["input_ids"], [processor.image_token_id, processor.video_token_id])
+    assert list(item["key_object"][visual]) == list(token_objects(scene) - 1)
+    assert set(item["key_object"][~visual]) == {-1}
+    assert {0, 1} <= set(item["key_object"])
+
+
+def test_pointer_loss_is_low_when_attention_is_on_the_object_and_high_when_spread():
+    pointer = torch.tensor([[-1, 0, 1, -1]])
+    key_object = torch.tensor([[0, 1, -1, -1]])
+    focused = torch.zeros(1, 1, 4, 4)
+    focused[0, 0, 1, 0] = focused[0, 0, 2, 1] = 1.0
+    spread = torch.full((1, 1, 4, 4), 0.25)
+    layers = max(layer for layer, _ in POINTER_HEADS) + 1
+    assert pointer_loss((focused,) * layers, pointer, key_object).item() < 1e-4
+    assert pointer_loss((spread,) * layers, pointer, key_object).item() == pytest.approx(np.log(4), rel=1e-4)
+    assert pointer_loss((spread,) * layers, torch.full((1, 4), -1), key_object).item() == 0.0
+
+
+def test_batch_pads_targets_on_the_left_like_the_inputs(processor):
+    items = [training_example(processor, make_scene("val", "image", i), t) for i, t in ((0, "caption"), (1, "tag"))]
+    batch = batch_of(items, processor.tokenizer.pad_token_id)
+    width = batch["input_ids"].shape[1]
+    for row, item in enumerate(items):
+        pad = width - len(item["input_ids"])
+        assert (batch["labels"][row, :pad] == -100).all() and (batch["pointer"][row, :pad] == -1).all()
+        assert torch.equal(batch["pointer"][row, pad:], torch.from_numpy(item["pointer"]))
+
+
+def test_two_steps_train_and_save_a_model_that_loads(tmp_path):
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    torch.set_num_threads(min(2, torch.get_num_threads()))
+    summary = train(tmp_path, steps=2, seed=0, lr=1e-3, image_batch=2, video_batch=1, video_every=2)
+    assert [r["media"] for r in summary["log"]] == ["image", "video"]
+    assert all(r["pointer_loss"] > 0 for r in summary["log"])
+    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(tmp_path, local_files_only=True)
+    assert model.config.text_config.num_hidden_layers == 4
+    assert json.loads((tmp_path / "train_log.json").read_text())["steps_done"] == 2
