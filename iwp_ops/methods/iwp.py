@@ -11,10 +11,10 @@ ablation on the reference model, the rest kept where it did not clearly improve 
 - ``pool_factor=2``, ``dup_threshold=0.9``: each step draws 2c candidates and never
   admits two whose similarity S reaches 0.9 together (values above 1 disable this).
 - ``heads="mean"``: per-head magnitudes and duplications averaged over the KV heads;
-  ``"layer"`` scores the layer's block-diagonal implicit weight as one. Chosen by the
-  ablation on the reference model (``python -m jobs.ablate``, reports/ablation): on
-  validation scenes, mean beat layer on images and videos at 11.1 % and 5.6 % kept, though
-  its whole-layer weight fidelity is lower.
+  ``"layer"`` scores the layer's block-diagonal implicit weight as one. Chosen by an
+  ablation on an earlier reference model, where mean beat layer on validation images and
+  videos at 11.1 % and 5.6 % kept; on the shipped model the two are level
+  (``python -m jobs.ablate``, reports/ablation).
 - ``queries=None``: query-free magnitude (eq. 8); pass the last text tokens' queries
   ``[B, Hq, Tq, D]`` for the query-aware score (eq. 10).
 
