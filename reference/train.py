@@ -169,12 +169,13 @@ def load_for_training(path: Path):
 
 
 def train(out: Path, *, steps: int, seed: int, lr: float, image_batch: int, video_batch: int,
-          video_every: int, aux_weight: float = 1.0, pointer_weight: float = 1.0, cell_layer: int = 1, checkpoint_every: int = 100,
-          stop_after: int | None = None, init: Path | None = None, first_scene: int = 0) -> dict:
+          video_every: int, aux_weight: float = 1.0, pointer_weight: float = 1.0, cell_layer: int = 1,
+          checkpoint_every: int = 100, stop_after: int | None = None, init: Path | None = None, first_scene: int = 0) -> dict:
     """Train for `steps` steps: image batches, and every `video_every`-th step a video batch.
 
     `aux_weight` scales the per-token probe losses (`reference.token_labels`; the cell probe
-    reads the output of decoder layer `cell_layer`). The model is saved every
+    reads the output of decoder layer `cell_layer`), `pointer_weight` the caption pointer loss
+    (0 turns it off, and the decoder keeps SDPA attention). The model is saved every
     `checkpoint_every` steps and at the end; `stop_after` ends early on the learning-rate
     schedule of the full `steps`, reproducing that checkpoint. `init` continues from a saved
     model; `first_scene` starts the training scenes there, so a continuation sees new scenes.
