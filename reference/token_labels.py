@@ -24,15 +24,19 @@ FIELDS = (("colour", tuple(COLOURS)), ("shape", SHAPES), ("size", tuple(SIZES)))
 MIN_COVER = 0.2  # share of a token's pixels an object must cover to label it
 
 
+def _patch_frames(scene: Scene) -> range:
+    """The first frame of each temporal patch: one group of visual tokens each (an image, one frame, is one)."""
+    return range(0, scene.num_frames, TEMPORAL_PATCH)
+
+
 def token_objects(scene: Scene) -> np.ndarray:
     """int64 [tokens]: 1 + the index of the object covering each visual token, 0 for background.
 
     Tokens in the merger's output order: frame groups, then rows, then columns.
     """
     rows, cols = HEIGHT // CELL, WIDTH // CELL
-    frames = range(0, scene.num_frames, TEMPORAL_PATCH) if scene.media_type == "video" else [0]
     out = []
-    for t in frames:
+    for t in _patch_frames(scene):
         ids = scene.object_map(t).reshape(rows, CELL, cols, CELL).transpose(0, 2, 1, 3).reshape(rows * cols, -1)
         counts = np.stack([(ids == i + 1).sum(1) for i in range(len(scene.objects))], 1)
         out.append(np.where(counts.max(1) >= MIN_COVER * CELL * CELL, counts.argmax(1) + 1, 0))
@@ -55,8 +59,7 @@ def token_cells(scene: Scene) -> np.ndarray:
     r = ((np.arange(rows) * CELL + CELL / 2) // (HEIGHT / 3)).astype(np.int64)
     c = ((np.arange(cols) * CELL + CELL / 2) // (WIDTH / 3)).astype(np.int64)
     cells = (r[:, None] * 3 + c[None, :]).reshape(-1)
-    groups = len(range(0, scene.num_frames, TEMPORAL_PATCH)) if scene.media_type == "video" else 1
-    return np.tile(cells, groups)
+    return np.tile(cells, len(_patch_frames(scene)))
 
 
 class TokenProbe(nn.Module):
