@@ -33,9 +33,17 @@ def summary(results: dict[str, Any], metric: str = "caption_attribute_accuracy")
     return "\n".join(lines)
 
 
+def _shown(path: str) -> str:
+    """A model path as the reader can reproduce it: relative to the working directory when inside it."""
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return path
+
+
 def markdown(results: dict[str, Any]) -> str:
     """Summary tables, then one table per modality: absolute scores, % of unpruned, fidelity, prefill time."""
-    lines = [f"Model `{results['model']}`, split `{results['split']}` "
+    lines = [f"Model `{_shown(results['model'])}`, split `{results['split']}` "
              f"({results['counts']['image']} images, {results['counts']['video']} videos, each asked to caption and "
              f"to tag), pruning at decoder layer {results['layer']}.", ""]
     for metric in ("caption_attribute_accuracy", "tag_f1"):

@@ -237,9 +237,18 @@ class PruningHandle:
             wanted = torch.round(ratio * counts).long()
         return torch.minimum(wanted.clamp(min=s["min_tokens"]), counts)
 
-    @torch.no_grad()
     def _prune(self, call: _Call, layer: nn.Module, hidden: Tensor, kwargs: dict[str, Any]) -> Tensor:
-        """Score and select at layer K; the selection is discrete, so no gradient flows through it."""
+        """Select at layer K and gather the kept hidden states.
+
+        The selection is discrete and runs without autograd; the gather keeps the graph, so a
+        model trained with pruning on still gets gradients in the layers below K.
+        """
+        with torch.no_grad():
+            order = self._select(call, layer, hidden, kwargs)
+        return _gather_tokens(hidden, order)
+
+    def _select(self, call: _Call, layer: nn.Module, hidden: Tensor, kwargs: dict[str, Any]) -> Tensor:
+        """Score and select; set up the rotary rows and masks of the kept sequence; return the gather order."""
         attn = layer.self_attn
         cos, sin = kwargs["position_embeddings"]
         normed = layer.input_layernorm(hidden)
@@ -272,7 +281,7 @@ class PruningHandle:
         if isinstance(position_ids, Tensor) and position_ids.shape[-1] == length:
             lead = position_ids.shape[:-2]
             call.overrides["position_ids"] = position_ids.expand(*lead, b, length).gather(-1, order.expand(*lead, -1, -1))
-        return _gather_tokens(hidden, order)
+        return order
 
     def _extend(self, call: _Call, hidden: Tensor) -> None:
         """A decode step: the new tokens attend to the kept cache plus themselves."""

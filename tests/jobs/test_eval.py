@@ -47,3 +47,11 @@ def test_eval_command_writes_every_configuration(tiny_model_dir, tmp_path, capsy
     for name in ("report.md", "accuracy_vs_keep.png", "fidelity_vs_accuracy.png"):
         assert (out / name).stat().st_size > 0
     assert "| iwp | 5.6 % |" in (out / "report.md").read_text()
+
+
+def test_report_names_a_model_inside_the_working_directory_by_its_relative_path(tmp_path, monkeypatch):
+    from jobs.eval_report import _shown
+
+    monkeypatch.chdir(tmp_path)
+    assert _shown(str(tmp_path / "reference" / "model")) == "reference/model"
+    assert _shown("/elsewhere/model") == "/elsewhere/model"
