@@ -12,6 +12,11 @@ temporal patch (two frames). So every token it covers holds the whole shape or o
 it, and a model this small, trained on a CPU in minutes, learns shapes. Placed at random
 offsets, shapes are cut arbitrarily by token edges, and in development runs neither a per-token
 classifier on the raw pixels nor the vision tower learned the kind much above chance.
+Within a temporal patch a moving shape also drifts `NUDGE` pixels from the first frame to the
+second, as it would in real footage: the vision tower embeds each patch's two frames together
+(Qwen2.5-VL's 3-D patch embedding) and so sees the motion in every token of the shape. With
+whole-token steps between patches only, motion was visible to the decoder alone, which must
+compare positions a token apart across patches.
 
 Splits draw from disjoint seed streams, so train, val and test never share a scene.
 """
@@ -34,7 +39,8 @@ VIDEO_FRAMES, VIDEO_FPS = 8, 4  # 4 temporal patches x 224 = 896 video tokens
 SIZES = {"small": (9, 11), "large": (19, 23)}  # radius in px: one token, or a 2x2 block of tokens
 MOTIONS = ("still", "left", "right", "up", "down")
 ROWS, COLS = ("top", "center", "bottom"), ("left", "center", "right")
-TRAVEL = 3 * TOKEN_PX  # pixels a moving shape covers from the first to the last frame
+TRAVEL = 3 * TOKEN_PX  # pixels a moving shape steps from the first to the last temporal patch
+NUDGE = 7  # pixels it drifts from the first to the second frame of a temporal patch
 SPLITS = {"train": 0, "val": 1, "test": 2}
 MEDIA_TYPES = ("image", "video")
 MAX_OBJECTS = {"image": 3, "video": 2}
@@ -61,8 +67,8 @@ class SceneObject:
         return f"{row} {col}"
 
     def centre(self, t: int, frames: int) -> tuple[float, float]:
-        """Where it is in frame t: it moves in whole steps between temporal patches."""
-        step = TRAVEL * (t // TEMPORAL_PATCH) / max(1, (frames - 1) // TEMPORAL_PATCH)
+        """Where it is in frame t: whole-token steps between temporal patches, a `NUDGE` within one."""
+        step = TRAVEL * (t // TEMPORAL_PATCH) / max(1, (frames - 1) // TEMPORAL_PATCH) + NUDGE * (t % TEMPORAL_PATCH)
         dx, dy = {"still": (0, 0), "left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}[self.motion]
         return self.x + dx * step, self.y + dy * step
 
@@ -167,8 +173,9 @@ def _place(rng: np.random.Generator, cell: int, radius: int, video: bool) -> tup
     y = snapped(row * HEIGHT / 3 + margin, (row + 1) * HEIGHT / 3 - margin)
     if not video:
         return x, y, "still"
-    room = {"still": True, "left": x - TRAVEL - radius >= 2, "right": x + TRAVEL + radius <= WIDTH - 2,
-            "up": y - TRAVEL - radius >= 2, "down": y + TRAVEL + radius <= HEIGHT - 2}
+    reach = TRAVEL + NUDGE + radius
+    room = {"still": True, "left": x - reach >= 2, "right": x + reach <= WIDTH - 2,
+            "up": y - reach >= 2, "down": y + reach <= HEIGHT - 2}
     return x, y, str(rng.choice([m for m in MOTIONS if room[m]]))
 
 

@@ -2,8 +2,8 @@
 
 Captioning alone gives the vision tower one sparse signal per scene, routed through attention
 that starts out uniform over ~200 mostly identical tokens; on a 2-core CPU budget that learns
-too slowly. A linear probe on each merged visual token (colour, shape and size of the object
-covering it, or background) gives every token a target. Where a token lies is not in the
+too slowly. A linear probe on each merged visual token (colour, shape, size and motion of the
+object covering it, or background) gives every token a target. Where a token lies is not in the
 vision tower's output (its attention has only relative 2D rotary positions); the decoder
 can read it from M-RoPE, and a second linear probe on the decoder's visual hidden states
 (which 3x3 grid cell the token lies in) teaches its early layers to write it down, so later
@@ -18,9 +18,9 @@ import torch
 from torch import nn
 
 from reference.media import COLOURS, SHAPES
-from reference.scenes import HEIGHT, SIZES, TEMPORAL_PATCH, WIDTH, Scene
+from reference.scenes import HEIGHT, MOTIONS, SIZES, TEMPORAL_PATCH, WIDTH, Scene
 from reference.scenes import TOKEN_PX as CELL
-FIELDS = (("colour", tuple(COLOURS)), ("shape", SHAPES), ("size", tuple(SIZES)))
+FIELDS = (("colour", tuple(COLOURS)), ("shape", SHAPES), ("size", tuple(SIZES)), ("motion", MOTIONS))
 MIN_COVER = 0.2  # share of a token's pixels an object must cover to label it
 
 
@@ -44,7 +44,10 @@ def token_objects(scene: Scene) -> np.ndarray:
 
 
 def token_labels(scene: Scene) -> np.ndarray:
-    """int64 [tokens, 3]: class + 1 of each field for the object covering the token, 0 for background."""
+    """int64 [tokens, len(FIELDS)]: class + 1 of each field for the object covering the token, 0 for background.
+
+    Motion is a field the vision tower can see: a moving shape drifts within each temporal patch
+    (`reference.scenes.NUDGE`), and an image's objects are still."""
     owner = token_objects(scene)
     labels = np.zeros((len(owner), len(FIELDS)), np.int64)
     for k, (field, values) in enumerate(FIELDS):

@@ -4,8 +4,11 @@ The model is transformers' own Qwen2_5_VLForConditionalGeneration with a small c
 the word-level tokenizer and the stock Qwen2-VL processors (as in `reference.tiny_model`),
 trained to caption and to tag images and videos from `reference.scenes`. Inputs go through
 the pipeline's own `build_inputs`, so training sees exactly what a job feeds the model.
-Besides the answer loss, three training-only signals speed it up on a CPU budget: the
-per-token probes of `reference.token_labels` and the caption pointer (`pointer_loss`).
+Besides the answer loss, training-only signals speed it up on a CPU budget: the per-token
+probes of `reference.token_labels` (what object, which cell) and the
+caption pointer (`pointer_loss`). From `prune_from` of the schedule on, a share of the
+batches runs with visual tokens pruned at decoder layer `PRUNE_LAYER` (`pruned_steps`), so
+the model learns to answer from a subset of its tokens, whichever method picked it.
 
     python -m reference.train --out reference/model --steps 1800
 
@@ -24,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+import iwp_ops
 from pipeline.engine import collate
 from pipeline.preprocess import build_inputs
 from pipeline.tags import default_tag_prompt
@@ -44,6 +48,10 @@ VISION = {"depth": 2, "hidden_size": 96, "intermediate_size": 192, "num_heads": 
           "window_size": 112}
 # (decoder layer, query head) whose attention is taught where each caption object is; see `pointer_loss`.
 POINTER_HEADS = ((2, 0), (3, 0))
+# Pruning in training: at the evaluation's layer, each pruned batch with the next method in turn
+# (every method the same share) and per-item keep ratios drawn from this range.
+PRUNE_LAYER = 2
+PRUNE_KEEP = (0.05, 0.4)
 
 
 def build_model_and_processor(seed: int):
@@ -146,6 +154,25 @@ def pointer_loss(attentions: tuple[torch.Tensor, ...], pointer: torch.Tensor, ke
     return -torch.log(mass + 1e-6).mean()
 
 
+def answer_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Next-token cross-entropy on the labelled answer tokens (as the model's own loss).
+
+    Pruning drops visual tokens only; the answer ends every row and stays, right-aligned, so
+    the last `logits.shape[1]` labels line up with the logits of the pruned sequence too.
+    """
+    labels = labels[:, -logits.shape[1]:]
+    return torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(),
+                                             ignore_index=-100)
+
+
+def pruned_steps(steps: int, prune_from: float, share: float, seed: int) -> dict[int, str]:
+    """Which steps run pruned (from `prune_from` of the schedule, each with probability `share`) and
+    with which method: the methods in turn, so each is trained against equally."""
+    rng = random.Random(seed)
+    chosen = [s for s in range(steps) if s >= prune_from * steps and rng.random() < share]
+    return {s: iwp_ops.METHODS[i % len(iwp_ops.METHODS)] for i, s in enumerate(chosen)}
+
+
 def unit_scale(features: torch.Tensor) -> torch.Tensor:
     """RMS-normalised features for the probes, so that a probe cannot lower its loss by the model
     scaling its hidden states up instead of encoding the labels."""
@@ -170,12 +197,15 @@ def load_for_training(path: Path):
 
 def train(out: Path, *, steps: int, seed: int, lr: float, image_batch: int, video_batch: int,
           video_every: int, aux_weight: float = 1.0, pointer_weight: float = 1.0, cell_layer: int = 1,
-          checkpoint_every: int = 100, stop_after: int | None = None, init: Path | None = None, first_scene: int = 0) -> dict:
+          prune_from: float = 0.3, prune_share: float = 0.5, checkpoint_every: int = 100, stop_after: int | None = None,
+          init: Path | None = None, first_scene: int = 0) -> dict:
     """Train for `steps` steps: image batches, and every `video_every`-th step a video batch.
 
     `aux_weight` scales the per-token probe losses (`reference.token_labels`; the cell probe
     reads the output of decoder layer `cell_layer`), `pointer_weight` the caption pointer loss
-    (0 turns it off, and the decoder keeps SDPA attention). The model is saved every
+    (0 turns it off, and the decoder keeps SDPA attention; pruned batches skip it, their attention
+    maps cover the kept tokens only). `prune_from` and `prune_share`: see `pruned_steps` (share 0:
+    never prune). The model is saved every
     `checkpoint_every` steps and at the end; `stop_after` ends early on the learning-rate
     schedule of the full `steps`, reproducing that checkpoint. `init` continues from a saved
     model; `first_scene` starts the training scenes there, so a continuation sees new scenes.
@@ -189,12 +219,17 @@ def train(out: Path, *, steps: int, seed: int, lr: float, image_batch: int, vide
     model.train()
     hidden = model.config.text_config.hidden_size
     probe, cell_probe = TokenProbe(hidden), torch.nn.Linear(hidden, 9)
+    if cell_layer >= PRUNE_LAYER:
+        raise ValueError(f"cell_layer must read a layer below the pruning layer {PRUNE_LAYER}")
+    pruning = iwp_ops.enable_pruning(model, layer=PRUNE_LAYER, record_fidelity=False)
+    pruning.disable()
+    prune_at = pruned_steps(steps, prune_from, prune_share, seed)
     seen: dict[str, torch.Tensor] = {}
     model.model.visual.register_forward_hook(lambda _m, _i, out: seen.__setitem__("vision", out.pooler_output))
     model.model.language_model.layers[cell_layer].register_forward_hook(
         lambda _m, _i, out: seen.__setitem__("decoder", out[0] if isinstance(out, tuple) else out))
     visual_ids = torch.tensor([processor.image_token_id, processor.video_token_id])
-    params = list(model.parameters()) + list(probe.parameters()) + list(cell_probe.parameters())
+    params = [p for m in (model, probe, cell_probe) for p in m.parameters()]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01, betas=(0.9, 0.98))
     pad_id = processor.tokenizer.pad_token_id
     counters = {"image": first_scene, "video": first_scene}
@@ -203,7 +238,8 @@ def train(out: Path, *, steps: int, seed: int, lr: float, image_batch: int, vide
     settings = {"seed": seed, "steps": steps, "stop_after": stop_after, "init": str(init) if init else None,
                 "first_scene": first_scene, "lr": lr, "image_batch": image_batch, "video_batch": video_batch,
                 "video_every": video_every, "aux_weight": aux_weight, "pointer_weight": pointer_weight,
-                "pointer_heads": POINTER_HEADS, "cell_layer": cell_layer, "text": TEXT,
+                "pointer_heads": POINTER_HEADS, "cell_layer": cell_layer, "prune_from": prune_from,
+                "prune_share": prune_share, "prune_layer": PRUNE_LAYER, "prune_keep": PRUNE_KEEP, "text": TEXT,
                 "vision": VISION, "parameters": sum(p.numel() for p in model.parameters())}
     last = min(steps, stop_after or steps)
     for step in range(last):
@@ -220,21 +256,29 @@ def train(out: Path, *, steps: int, seed: int, lr: float, image_batch: int, vide
         for group in opt.param_groups:
             group["lr"] = lr * schedule(step / steps)
         batch = batch_of(items, pad_id)
-        pointer, key_object = batch.pop("pointer"), batch.pop("key_object")
-        outputs = model(**batch, output_attentions=pointer_weight > 0)
-        loss = outputs.loss
-        decoder_visual = seen["decoder"][torch.isin(batch["input_ids"], visual_ids)]
+        pointer, key_object, answer = batch.pop("pointer"), batch.pop("key_object"), batch.pop("labels")
+        method = prune_at.get(step)
+        if method:
+            pruning.enable()
+            pruning.configure(method=method, keep_ratio=[random.uniform(*PRUNE_KEEP) for _ in items])
+        else:
+            pruning.disable()
+        pointing = pointer_weight > 0 and not method
+        outputs = model(**batch, output_attentions=pointing)
+        loss = answer_loss(outputs.logits, answer)
+        decoder_visual = unit_scale(seen["decoder"][torch.isin(batch["input_ids"], visual_ids)])
         aux = probe(unit_scale(seen["vision"]), torch.from_numpy(np.concatenate(labels))) + \
-            torch.nn.functional.cross_entropy(cell_probe(unit_scale(decoder_visual)), torch.from_numpy(np.concatenate(cells)))
+            torch.nn.functional.cross_entropy(cell_probe(decoder_visual), torch.from_numpy(np.concatenate(cells)))
         opt.zero_grad(set_to_none=True)
-        point = pointer_loss(outputs.attentions, pointer, key_object) if pointer_weight > 0 else torch.zeros(())
+        point = pointer_loss(outputs.attentions, pointer, key_object) if pointing else torch.zeros(())
         (loss + aux_weight * aux + pointer_weight * point).backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
-        log.append({"step": step, "media": media, "loss": loss.item(), "probe_loss": aux.item(),
+        log.append({"step": step, "media": media, "pruned": method, "loss": loss.item(), "probe_loss": aux.item(),
                     "pointer_loss": point.item(), "elapsed_s": time.perf_counter() - started})
         if step % 10 == 0 or step == last - 1:
-            print(f"step {step:5d} {media:5s} loss {loss.item():.4f} probe {aux.item():.4f} pointer {point.item():.3f} "
+            print(f"step {step:5d} {media:5s} {method or '':9s} loss {loss.item():.4f} probe {aux.item():.4f} "
+                  f"pointer {point.item():.3f} "
                   f"lr {opt.param_groups[0]['lr']:.2e} {time.perf_counter() - started:7.1f} s", flush=True)
         if (step + 1) % checkpoint_every == 0 or step == last - 1:
             summary = {**settings, "steps_done": step + 1, "scenes_seen": dict(counters),
@@ -287,6 +331,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--video-every", type=int, default=2)
     ap.add_argument("--aux-weight", type=float, default=1.0, help="weight of the per-token probe loss")
     ap.add_argument("--pointer-weight", type=float, default=1.0, help="weight of the caption pointer loss (0: off)")
+    ap.add_argument("--prune-from", type=float, default=0.3, help="fraction of the schedule after which batches may run pruned")
+    ap.add_argument("--prune-share", type=float, default=0.5, help="share of the batches after --prune-from that run pruned")
     ap.add_argument("--stop-after", type=int, default=None, help="stop after this many steps of the schedule")
     ap.add_argument("--init", type=Path, default=None, help="continue training this saved model")
     ap.add_argument("--first-scene", type=int, default=0, help="index of the first training scene per modality")
@@ -294,7 +340,8 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(min(2, torch.get_num_threads()))
     summary = train(args.out, steps=args.steps, seed=args.seed, lr=args.lr, image_batch=args.image_batch,
                     video_batch=args.video_batch, video_every=args.video_every, aux_weight=args.aux_weight,
-                    pointer_weight=args.pointer_weight, init=args.init,
+                    pointer_weight=args.pointer_weight, prune_from=args.prune_from, prune_share=args.prune_share,
+                    init=args.init,
                     first_scene=args.first_scene, stop_after=args.stop_after)
     print(f"saved {args.out} after {summary['steps_done']} steps, {summary['train_seconds'] / 60:.1f} min; "
           f"final loss {summary['log'][-1]['loss']:.4f}")

@@ -70,15 +70,18 @@ def test_written_video_decodes_to_all_frames(tmp_path):
 
 
 def test_shapes_sit_on_the_token_grid_and_move_one_token_per_temporal_patch():
-    """Small shapes fill one token's middle, large ones centre on a token corner (see the module docstring)."""
-    from reference.scenes import SIZES, TEMPORAL_PATCH, TOKEN_PX
+    """Small shapes fill one token's middle, large ones centre on a token corner, at each temporal
+    patch's first frame; in its second frame a moving shape has drifted NUDGE pixels its way."""
+    from reference.scenes import NUDGE, SIZES, TEMPORAL_PATCH, TOKEN_PX
 
     for s in scenes("val", "image", 20) + scenes("val", "video", 20):
         for o in s.objects:
             offset = TOKEN_PX // 2 if o.size == "small" else 0
             assert SIZES[o.size][0] <= o.radius <= SIZES[o.size][1]
-            for t in range(s.num_frames):
+            way = np.array({"still": (0, 0), "left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}[o.motion])
+            for t in range(0, s.num_frames, TEMPORAL_PATCH):
                 x, y = o.centre(t, s.num_frames)
                 assert (x - offset) % TOKEN_PX == 0 and (y - offset) % TOKEN_PX == 0
-                if t % TEMPORAL_PATCH:
-                    assert (x, y) == o.centre(t - 1, s.num_frames)
+                assert (np.array([x, y]) == np.array([o.x, o.y]) + t // TEMPORAL_PATCH * TOKEN_PX * way).all()
+                if t + 1 < s.num_frames:
+                    assert (np.array(o.centre(t + 1, s.num_frames)) - (x, y) == NUDGE * way).all()

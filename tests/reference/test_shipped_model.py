@@ -15,6 +15,10 @@ from reference.scenes import make_scene
 from reference.train import model_inputs
 
 MODEL = default_model_path()
+# On the scenes below the shipped model scored 0.85 (image) and 0.77 (video) caption attribute
+# accuracy with IWP at 22.2 %, against 0.87 / 0.80 unpruned. The previous model, trained without
+# pruning (commit a030321), scored 0.78 / 0.50 there, so the floors tell the two apart.
+IMAGE_PRUNED_FLOOR, VIDEO_PRUNED_FLOOR = 0.8, 0.65
 
 
 def test_default_model_is_the_shipped_directory():
@@ -39,11 +43,11 @@ def test_loads_as_qwen2_5_vl_with_its_processor(loaded):
     assert processor.tokenizer.convert_ids_to_tokens(processor.image_token_id) == "<|image_pad|>"
 
 
-@pytest.mark.parametrize("media,task,count,floor", [("image", "caption", 12, 0.8), ("video", "caption", 6, 0.65),
+@pytest.mark.parametrize("media,task,count,floor", [("image", "caption", 12, 0.75), ("video", "caption", 6, 0.65),
                                                     ("image", "tag", 12, 0.75), ("video", "tag", 6, 0.75)])
 def test_answers_held_out_scenes(loaded, media, task, count, floor):
     """Random weights score ~0 here (no parsable object, no known tag). On these scenes the shipped
-    model scored 0.92 / 0.80 caption attribute accuracy (image / video) and 0.91 / 0.92 tag F1;
+    model scored 0.87 / 0.80 caption attribute accuracy (image / video) and 0.93 / 0.92 tag F1;
     the floors leave room for numerical differences between machines."""
     model, processor = loaded
     scenes = [make_scene("test", media, i) for i in range(count)]
@@ -54,3 +58,22 @@ def test_answers_held_out_scenes(loaded, media, task, count, floor):
     else:
         scores = [caption_scores(s, t)["attribute_accuracy"] for s, t in zip(scenes, texts)]
         assert sum(scores) / count >= floor, list(zip(texts, [s.caption() for s in scenes]))
+
+
+@pytest.mark.parametrize("media,count,floor", [("image", 12, IMAGE_PRUNED_FLOOR), ("video", 6, VIDEO_PRUNED_FLOOR)])
+def test_captions_survive_the_demo_pruning(loaded, media, count, floor):
+    """With IWP keeping 22.2 % of visual tokens at layer 2 (the demo's setting), captions stay close
+    to unpruned; see the floors' note for what the shipped model scored."""
+    import iwp_ops
+
+    model, processor = loaded
+    scenes = [make_scene("test", media, i) for i in range(count)]
+    items = [Item(s, "caption", model_inputs(processor, s, "caption")) for s in scenes]
+    handle = iwp_ops.enable_pruning(model, method="iwp", keep_ratio=0.222, layer=2)
+    try:
+        texts, _, stats = generate(model, processor, items, batch_size=count, handle=handle)
+    finally:
+        handle.remove()
+    assert all(st.visual_after < 0.25 * st.visual_before for st in stats)
+    scores = [caption_scores(s, t)["attribute_accuracy"] for s, t in zip(scenes, texts)]
+    assert sum(scores) / count >= floor, list(zip(texts, [s.caption() for s in scenes]))

@@ -8,8 +8,9 @@ import torch
 
 from reference.scenes import make_scene
 from reference.token_labels import token_objects
-from reference.train import (POINTER_HEADS, TASKS, answer_ids, batch_of, build_model_and_processor, pointer_loss, target_for,
-                             train, training_example)
+import iwp_ops
+from reference.train import (POINTER_HEADS, PRUNE_LAYER, TASKS, answer_ids, answer_loss, batch_of,
+                             build_model_and_processor, pointer_loss, pruned_steps, target_for, train, training_example)
 
 
 @pytest.fixture(scope="module")
@@ -71,13 +72,62 @@ def test_batch_pads_targets_on_the_left_like_the_inputs(processor):
         assert torch.equal(batch["pointer"][row, pad:], torch.from_numpy(item["pointer"]))
 
 
+@pytest.fixture(scope="module")
+def small_batch(processor):
+    items = [training_example(processor, make_scene("val", m, i), t)
+             for m, i, t in (("image", 0, "caption"), ("image", 1, "tag"), ("video", 0, "caption"))]
+    batch = batch_of(items, processor.tokenizer.pad_token_id)
+    return {k: v for k, v in batch.items() if k not in ("pointer", "key_object")}
+
+
+def test_answer_loss_is_the_model_loss_unpruned_and_sees_the_same_answer_tokens_pruned(small_batch):
+    torch.manual_seed(0)
+    model = build_model_and_processor(0)[0].eval()
+    with torch.no_grad():
+        full = model(**small_batch)
+        assert answer_loss(full.logits, small_batch["labels"]).item() == pytest.approx(full.loss.item(), rel=1e-5)
+        inputs = {k: v for k, v in small_batch.items() if k != "labels"}
+        handle = iwp_ops.enable_pruning(model, method="uniform", keep_ratio=0.1, layer=PRUNE_LAYER)
+        pruned = model(**inputs).logits
+        handle.configure(keep_ratio=1.0)
+        kept_all = model(**inputs).logits
+    answer = (small_batch["labels"] != -100).sum().item()
+    assert pruned.shape[1] < full.logits.shape[1] and answer < pruned.shape[1]
+    assert torch.allclose(kept_all, full.logits, atol=1e-4)
+    # the answer's logits are the last ones in both; pruning changed them (it dropped what they read)
+    assert not torch.allclose(pruned[:, -answer:], full.logits[:, -answer:], atol=1e-3)
+    assert answer_loss(pruned, small_batch["labels"]).item() > 0
+
+
+def test_a_pruned_forward_still_trains_the_layers_below_the_pruning_layer_and_the_vision_tower(small_batch):
+    torch.manual_seed(0)
+    model = build_model_and_processor(0)[0]
+    iwp_ops.enable_pruning(model, method="iwp", keep_ratio=0.2, layer=PRUNE_LAYER)
+    inputs = {k: v for k, v in small_batch.items() if k != "labels"}
+    answer_loss(model(**inputs).logits, small_batch["labels"]).backward()
+    below = model.model.language_model.layers[PRUNE_LAYER - 1].mlp.down_proj.weight.grad
+    vision = model.model.visual.merger.mlp[-1].weight.grad
+    assert below is not None and below.abs().sum() > 0
+    assert vision is not None and vision.abs().sum() > 0
+
+
+def test_pruned_steps_start_late_and_give_every_method_the_same_share():
+    plan = pruned_steps(1000, prune_from=0.3, share=0.5, seed=0)
+    assert min(plan) >= 300 and 300 < len(plan) < 400
+    counts = [list(plan.values()).count(m) for m in iwp_ops.METHODS]
+    assert max(counts) - min(counts) <= 1
+    assert pruned_steps(1000, prune_from=0.3, share=0.0, seed=0) == {}
+
+
 def test_two_steps_train_and_save_a_model_that_loads(tmp_path):
     from transformers import Qwen2_5_VLForConditionalGeneration
 
     torch.set_num_threads(min(2, torch.get_num_threads()))
-    summary = train(tmp_path, steps=2, seed=0, lr=1e-3, image_batch=2, video_batch=1, video_every=2)
-    assert [r["media"] for r in summary["log"]] == ["image", "video"]
-    assert all(r["pointer_loss"] > 0 for r in summary["log"])
+    summary = train(tmp_path, steps=3, seed=0, lr=1e-3, image_batch=2, video_batch=1, video_every=2, prune_from=0.5,
+                    prune_share=1.0)
+    assert [(r["media"], r["pruned"]) for r in summary["log"]] == [("image", None), ("video", None), ("image", "iwp")]
+    assert [r["pointer_loss"] > 0 for r in summary["log"]] == [True, True, False]
+    assert all(np.isfinite(r["loss"]) and r["probe_loss"] > 0 for r in summary["log"])
     model = Qwen2_5_VLForConditionalGeneration.from_pretrained(tmp_path, local_files_only=True)
     assert model.config.text_config.num_hidden_layers == 4
-    assert json.loads((tmp_path / "train_log.json").read_text())["steps_done"] == 2
+    assert json.loads((tmp_path / "train_log.json").read_text())["steps_done"] == 3
