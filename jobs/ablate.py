@@ -21,9 +21,9 @@ import torch
 from jobs.default_model import default_model_path
 from jobs.eval import load, prepare, run_config
 
-# Where the screen starts: IWP's defaults when this screen was run on the shipped model (an earlier
-# screen, on an earlier model, had moved `heads` from "layer" to "mean"), pinned so that the
-# committed numbers stay reproducible after defaults change.
+# Where the screen starts: IWP's defaults when reports/ablation and reports/ablation-shipped were
+# run (an earlier screen, on an earlier model, had moved `heads` from "layer" to "mean"), pinned
+# so that the committed numbers stay reproducible after defaults change.
 BASE: dict[str, Any] = {"lam": 0.5, "chunk": None, "normalise": "log_minmax", "heads": "mean", "dup_threshold": 0.9,
                         "layer": 2, "query_aware": False}
 # name -> settings changed from BASE (method options, or the handle's layer / query_aware)

@@ -20,6 +20,7 @@ from torch import nn
 from reference.media import COLOURS, SHAPES
 from reference.scenes import HEIGHT, MOTIONS, SIZES, TEMPORAL_PATCH, WIDTH, Scene
 from reference.scenes import TOKEN_PX as CELL
+
 FIELDS = (("colour", tuple(COLOURS)), ("shape", SHAPES), ("size", tuple(SIZES)), ("motion", MOTIONS))
 MIN_COVER = 0.2  # share of a token's pixels an object must cover to label it
 

@@ -5,8 +5,8 @@ the word-level tokenizer and the stock Qwen2-VL processors (as in `reference.tin
 trained to caption and to tag images and videos from `reference.scenes`. Inputs go through
 the pipeline's own `build_inputs`, so training sees exactly what a job feeds the model.
 Besides the answer loss, training-only signals speed it up on a CPU budget: the per-token
-probes of `reference.token_labels` (what object, which cell) and the
-caption pointer (`pointer_loss`). From `prune_from` of the schedule on, a share of the
+probes of `reference.token_labels` (what object and how it moves, which cell) and the caption
+pointer (`pointer_loss`). From `prune_from` of the schedule on, a share of the
 batches runs with visual tokens pruned at decoder layer `PRUNE_LAYER` (`pruned_steps`), so
 the model learns to answer from a subset of its tokens, whichever method picked it.
 

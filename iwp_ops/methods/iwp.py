@@ -13,8 +13,9 @@ ablation on the reference model, the rest kept where it did not clearly improve 
 - ``heads="mean"``: per-head magnitudes and duplications averaged over the KV heads;
   ``"layer"`` scores the layer's block-diagonal implicit weight as one. Chosen by an
   ablation on an earlier reference model, where mean beat layer on validation images and
-  videos at 11.1 % and 5.6 % kept; on the shipped model the two are level
-  (``python -m jobs.ablate``, reports/ablation).
+  videos at 11.1 % and 5.6 % kept; on the next one (trained without pruning) the two were
+  level (reports/ablation), and the shipped model, trained with pruning, hardly tells any
+  setting apart (reports/ablation-shipped).
 - ``queries=None``: query-free magnitude (eq. 8); pass the last text tokens' queries
   ``[B, Hq, Tq, D]`` for the query-aware score (eq. 10).
 

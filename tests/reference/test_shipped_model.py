@@ -43,6 +43,12 @@ def test_loads_as_qwen2_5_vl_with_its_processor(loaded):
     assert processor.tokenizer.convert_ids_to_tokens(processor.image_token_id) == "<|image_pad|>"
 
 
+def held_out(processor, media: str, task: str, count: int) -> tuple[list, list[Item]]:
+    """The first `count` test scenes and their model inputs for `task`."""
+    scenes = [make_scene("test", media, i) for i in range(count)]
+    return scenes, [Item(s, task, model_inputs(processor, s, task)) for s in scenes]
+
+
 @pytest.mark.parametrize("media,task,count,floor", [("image", "caption", 12, 0.75), ("video", "caption", 6, 0.65),
                                                     ("image", "tag", 12, 0.75), ("video", "tag", 6, 0.75)])
 def test_answers_held_out_scenes(loaded, media, task, count, floor):
@@ -50,8 +56,7 @@ def test_answers_held_out_scenes(loaded, media, task, count, floor):
     model scored 0.87 / 0.80 caption attribute accuracy (image / video) and 0.93 / 0.92 tag F1;
     the floors leave room for numerical differences between machines."""
     model, processor = loaded
-    scenes = [make_scene("test", media, i) for i in range(count)]
-    items = [Item(s, task, model_inputs(processor, s, task)) for s in scenes]
+    scenes, items = held_out(processor, media, task, count)
     texts, _, _ = generate(model, processor, items, batch_size=count)
     if task == "tag":
         assert sum(tag_f1(s, t) for s, t in zip(scenes, texts)) / count >= floor, texts
@@ -67,8 +72,7 @@ def test_captions_survive_the_demo_pruning(loaded, media, count, floor):
     import iwp_ops
 
     model, processor = loaded
-    scenes = [make_scene("test", media, i) for i in range(count)]
-    items = [Item(s, "caption", model_inputs(processor, s, "caption")) for s in scenes]
+    scenes, items = held_out(processor, media, "caption", count)
     handle = iwp_ops.enable_pruning(model, method="iwp", keep_ratio=0.222, layer=2)
     try:
         texts, _, stats = generate(model, processor, items, batch_size=count, handle=handle)

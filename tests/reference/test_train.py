@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
+import iwp_ops
 from reference.scenes import make_scene
 from reference.token_labels import token_objects
-import iwp_ops
 from reference.train import (POINTER_HEADS, PRUNE_LAYER, TASKS, answer_ids, answer_loss, batch_of,
                              build_model_and_processor, pointer_loss, pruned_steps, target_for, train, training_example)
 
@@ -119,7 +119,7 @@ def test_pruned_steps_start_late_and_give_every_method_the_same_share():
     assert pruned_steps(1000, prune_from=0.3, share=0.0, seed=0) == {}
 
 
-def test_two_steps_train_and_save_a_model_that_loads(tmp_path):
+def test_a_short_run_trains_with_and_without_pruning_and_saves_a_model_that_loads(tmp_path):
     from transformers import Qwen2_5_VLForConditionalGeneration
 
     torch.set_num_threads(min(2, torch.get_num_threads()))
