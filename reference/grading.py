@@ -50,16 +50,22 @@ def _truth(scene: Scene) -> list[dict[str, object]]:
 
 def caption_scores(scene: Scene, caption: str) -> dict[str, float]:
     """`attribute_accuracy`: agreeing attributes over max(true, predicted objects) x attributes,
-    under the best one-to-one matching; `exact`: 1.0 when the caption is the reference caption."""
+    under the best one-to-one matching; `<attribute>`: the same for that attribute alone (under
+    that matching); `count_right`: 1.0 when the caption names as many objects as there are;
+    `exact`: 1.0 when the caption is the reference caption."""
     truth, pred = _truth(scene), parse_caption(caption)
     attrs = ATTRIBUTES[scene.media_type]
-    best = 0
+    agree = dict.fromkeys(attrs, 0)
     if pred:
         small, large = (truth, pred) if len(truth) <= len(pred) else (pred, truth)
         for perm in itertools.permutations(range(len(large)), len(small)):
-            best = max(best, sum(small[i][a] == large[j][a] for i, j in enumerate(perm) for a in attrs))
-    denominator = max(len(truth), len(pred)) * len(attrs)
-    return {"attribute_accuracy": best / denominator, "exact": float(" ".join(caption.split()) == scene.caption())}
+            counts = {a: sum(small[i][a] == large[j][a] for i, j in enumerate(perm)) for a in attrs}
+            if sum(counts.values()) > sum(agree.values()):
+                agree = counts
+    objects = max(len(truth), len(pred))
+    return {"attribute_accuracy": sum(agree.values()) / (objects * len(attrs)),
+            **{a: n / objects for a, n in agree.items()}, "count_right": float(len(pred) == len(truth)),
+            "exact": float(" ".join(caption.split()) == scene.caption())}
 
 
 def tag_f1(scene: Scene, answer: str) -> float:

@@ -40,6 +40,11 @@ def test_eval_command_writes_every_configuration(tiny_model_dir, tmp_path, capsy
         + [("video", base, 1.0) for base in ("none", "blind")] + [("video", x, k) for x in ("iwp", "random") for k in (0.222, 0.056)]
     image = {(r["method"], r["keep_ratio"]): r for r in results["rows"] if r["media"] == "image"}
     assert image[("none", 1.0)]["kept_tokens_mean"] is None
+    video = next(r for r in results["rows"] if r["media"] == "video")
+    for row, attrs in ((image[("none", 1.0)], ("colour", "shape", "size", "position")),
+                       (video, ("colour", "shape", "size", "position", "motion"))):
+        assert all(0.0 <= row[f"caption_{a}"] <= 1.0 for a in (*attrs, "count_right"))
+    assert "caption_motion" not in image[("none", 1.0)]
     assert image[("iwp", 0.056)]["kept_tokens_mean"] == pytest.approx(round(224 * 0.056), abs=1)
     assert 0.0 < image[("iwp", 0.222)]["weight_fidelity"] <= 1.0
     assert all(r["prefill_s_per_item"] > 0 for r in results["rows"])

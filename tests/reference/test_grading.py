@@ -2,14 +2,15 @@
 
 import pytest
 
-from reference.grading import caption_scores, parse_caption, tag_f1
+from reference.grading import ATTRIBUTES, caption_scores, parse_caption, tag_f1
 from reference.scenes import make_scene, scenes
 
 
 @pytest.mark.parametrize("media", ["image", "video"])
 def test_reference_answers_score_full_marks(media):
     for s in scenes("val", media, 60):
-        assert caption_scores(s, s.caption()) == {"attribute_accuracy": 1.0, "exact": 1.0}
+        assert caption_scores(s, s.caption()) == {"attribute_accuracy": 1.0, **dict.fromkeys(ATTRIBUTES[media], 1.0),
+                                                  "count_right": 1.0, "exact": 1.0}
         assert tag_f1(s, s.tag_answer()) == 1.0
 
 
@@ -26,13 +27,16 @@ def test_one_wrong_attribute_costs_its_share():
     o = s.objects[0]
     other = "blue" if o.colour != "blue" else "red"
     wrong = s.caption().replace(o.colour, other)
-    assert caption_scores(s, wrong) == {"attribute_accuracy": 0.75, "exact": 0.0}
+    assert caption_scores(s, wrong) == {"attribute_accuracy": 0.75, "colour": 0.0, "shape": 1.0, "size": 1.0,
+                                        "position": 1.0, "count_right": 1.0, "exact": 0.0}
 
 
 def test_extra_and_missing_objects_are_penalised():
     s = next(x for x in scenes("val", "image", 50) if len(x.objects) == 2)
     first = s.objects[0].phrase(False)
-    assert caption_scores(s, first + " .")["attribute_accuracy"] == pytest.approx(0.5)
+    one = caption_scores(s, first + " .")
+    assert one["attribute_accuracy"] == pytest.approx(0.5) and one["colour"] == pytest.approx(0.5)
+    assert one["count_right"] == 0.0
     assert caption_scores(s, s.caption()[:-1] + " , a small red star at center .")["attribute_accuracy"] < 1.0
     assert caption_scores(s, "")["attribute_accuracy"] == 0.0
 
