@@ -1,24 +1,44 @@
 #!/usr/bin/env bash
-# The GPU checks of issue #5 in one run, for a short lease on a CUDA machine:
-#   1. bench_model.py with the real Qwen2.5-VL-7B configuration (random weights, bf16): prefill,
-#      end-to-end generate, memory and the FLOP ideal at 100 / 35.3 / 22.2 / 11.1 %, then the
-#      batch sweep (items/s at the largest batch that fits the GPU's memory, unpruned vs 11.1 %);
-#   2. bench_select.py --quick on CUDA (selection time and memory as N grows).
-# Usage: benchmarks/run_gpu.sh OUTDIR [bench_model.py args, e.g. --no-batch]   (JSON + logs land in OUTDIR)
-# Each part has its own time limit so that one overrun still leaves the other's results.
+# The GPU checks of issue #5 in one run, for a short lease on a CUDA machine, with the real
+# Qwen2.5-VL-7B configuration (random weights, bf16). Parts, each under its own time limit so
+# that one overrun still leaves the others' results:
+#   1. bench_model.py, batch 1, the default 16x336x336 video and 672x672 image, the vision
+#      attention packed (as the pipeline runs it); it first times the vision encoder alone,
+#      per-window loop against packed, and checks that both give the same features;
+#   2. the same with transformers' per-window loop, for the end-to-end comparison on this device;
+#   3. batch 1 at the paper's scale: a 64-frame 392x392 video (6,272 visual tokens, as many as
+#      LLaVA-OneVision's 32 x 196);
+#   4. the batch sweep (items/s at the largest batch that fits, unpruned vs 11.1 %), packed;
+#   5. bench_prune_overhead.py: the parts of the layer-K overhead alone (selection halves, peers,
+#      the fidelity recording), with the kernels each launches;
+#   6. bench_select.py --quick on CUDA (selection time and memory as N grows).
+# Usage: benchmarks/run_gpu.sh OUTDIR [PARTS, default "1 2 3 4 5 6"]   (one JSON per part and run.log, all output, land in OUTDIR)
 # Needs torch with CUDA and transformers 5.24.x (the pinned range). Where the machine has another
 # transformers, install the 5.24 wheel beside it first, e.g.
 #   pip install --no-deps --target /tmp/site transformers-5.24.0-py3-none-any.whl && export PYTHONPATH=/tmp/site
-# (the committed H200 runs did this, with the image's own torch 2.11).
 set -uo pipefail
 cd "$(dirname "$0")/.."
-out=${1:?usage: benchmarks/run_gpu.sh OUTDIR}
+out=${1:?usage: benchmarks/run_gpu.sh OUTDIR [PARTS]}
+parts=" ${2:-1 2 3 4 5 6} "
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1
 PY=${PYTHON:-python3}
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out/gpu.txt"
 "$PY" -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)" | tee -a "$out/gpu.txt"
-timeout "${MODEL_LIMIT_S:-420}" "$PY" benchmarks/bench_model.py --device cuda --config 7b --repeats 3 \
-  --batch-repeats 1 --max-batch "${MAX_BATCH:-512}" --out "$out/bench_model_7b.json" "${@:2}" 2>&1 | tee "$out/bench_model_7b.log"
-timeout "${SELECT_LIMIT_S:-100}" "$PY" benchmarks/bench_select.py --device cuda --quick \
-  --out "$out/bench_select_cuda.json" 2>&1 | tee "$out/bench_select_cuda.log"
+bench() {  # bench NAME LIMIT_S ARGS...: one bench_model.py run, its JSON named NAME
+  local name=$1 limit=$2
+  echo "=== $name: ${*:3}" | tee -a "$out/run.log"
+  timeout "$limit" "$PY" benchmarks/bench_model.py --device cuda --config 7b --out "$out/$name.json" "${@:3}" \
+    2>&1 | tee -a "$out/run.log"
+}
+[[ $parts == *" 1 "* ]] && bench bench_model_7b "${PART_LIMIT_S:-120}" --repeats 3 --no-batch
+[[ $parts == *" 2 "* ]] && bench bench_model_7b_loop "${PART_LIMIT_S:-120}" --repeats 3 --no-batch --vision-attention loop
+[[ $parts == *" 3 "* ]] && bench bench_model_7b_long "${PART_LIMIT_S:-120}" --repeats 3 --no-batch \
+  --frames 64 --video-size 392x392
+[[ $parts == *" 4 "* ]] && bench bench_model_7b_batch "${SWEEP_LIMIT_S:-240}" --repeats 1 --batch-repeats 1 \
+  --max-batch "${MAX_BATCH:-512}"
+[[ $parts == *" 5 "* ]] && timeout "${PART_LIMIT_S:-120}" "$PY" benchmarks/bench_prune_overhead.py --device cuda \
+  --out "$out/bench_prune_overhead.json" 2>&1 | tee -a "$out/run.log"
+[[ $parts == *" 6 "* ]] && timeout "${SELECT_LIMIT_S:-60}" "$PY" benchmarks/bench_select.py --device cuda --quick \
+  --out "$out/bench_select_cuda.json" 2>&1 | tee -a "$out/run.log"
+exit 0

@@ -1,0 +1,37 @@
+"""The GPU benchmark scripts' CPU paths: they run, and what they report is what they measured."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import bench_model  # noqa: E402
+
+
+def test_prune_overhead_times_every_part(tmp_path):
+    out = tmp_path / "overhead.json"
+    subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_prune_overhead.py"), "--device", "cpu",
+                    "--sizes", "96", "--repeats", "1", "--out", str(out)], check=True, cwd=tmp_path)
+    rows = json.loads(out.read_text())["rows"]
+    assert {r["part"] for r in rows} == {"select iwp", "iwp scores", "iwp pc-mmr", "select magnitude",
+                                         "select divprune", "fidelity"}
+    assert all(r["n"] == 96 and r["kept"] == 11 and r["seconds"] > 0 and r["kernels"] is None for r in rows)
+
+
+def test_vision_attention_comparison_packs_the_model_and_matches_fp32():
+    model, processor = bench_model.build(bench_model.CONFIGS["mid"], torch.device("cpu"), torch.float32)
+    media = {"image": bench_model.encode(processor, "image", (56, 84), 1),
+             "video": bench_model.encode(processor, "video", (56, 56), 4)}
+    out = bench_model.compare_vision_attention(model, media, torch.device("cpu"), repeats=1)
+    assert model.config.vision_config._attn_implementation != "sdpa"
+    for kind in media:
+        assert out[kind]["loop_s"] > 0 and out[kind]["packed_s"] > 0
+        assert out[kind]["loop_max_error_vs_fp32"] < 1e-5
+        assert out[kind]["packed_max_error_vs_fp32"] < 1e-5
