@@ -7,7 +7,8 @@ fp32 on CPU), at 11.1 % kept:
 
 - ``select iwp``: the whole IWP selection (`iwp_ops.select_tokens`), and its two halves,
   ``iwp scores`` (magnitudes and duplication features, `iwp_ops.scoring.relevance`) and
-  ``iwp pc-mmr`` (the greedy admission loop, `iwp_ops.pcmmr.admission_order`);
+  ``iwp pc-mmr`` (the greedy admission loop, `iwp_ops.pcmmr.admission_order`); on CUDA the loop
+  replays a CUDA graph, and the ``eager`` rows time it launched kernel by kernel;
 - ``select magnitude`` / ``select divprune``: a one-pass and a greedy peer, for scale
   (DivPrune on hidden states of the 7B's width, 3,584);
 - ``fidelity``: `iwp_ops.weight_fidelity`, which `enable_pruning` records per item by default
@@ -75,6 +76,7 @@ def parts(n: int, device, dtype) -> dict:
     import torch
 
     import iwp_ops
+    from iwp_ops import pcmmr
     from iwp_ops.pcmmr import admission_order
     from iwp_ops.scoring import relevance
 
@@ -87,11 +89,27 @@ def parts(n: int, device, dtype) -> dict:
     kept = iwp_ops.select_tokens(keys, values, budget)
     mhat, features, informative = relevance(keys, values, mask, queries=None, heads="mean", how="log_minmax")
     budgets = torch.tensor([budget], device=device)
+
+    def eager(fn):
+        def run():
+            pcmmr.CUDA_GRAPHS = False
+            try:
+                return fn()
+            finally:
+                pcmmr.CUDA_GRAPHS = True
+        return run
+
+    def order():
+        return admission_order(features, mhat, informative, mask, budgets, budget, lam=0.5, chunk=None,
+                               pool_factor=2, dup_threshold=0.9)
+
+    graphed = device.type == "cuda" and pcmmr.CUDA_GRAPHS
     return {
         "select iwp": lambda: iwp_ops.select_tokens(keys, values, budget),
+        **({"select iwp, eager": eager(lambda: iwp_ops.select_tokens(keys, values, budget))} if graphed else {}),
         "iwp scores": lambda: relevance(keys, values, mask, queries=None, heads="mean", how="log_minmax"),
-        "iwp pc-mmr": lambda: admission_order(features, mhat, informative, mask, budgets, budget, lam=0.5,
-                                              chunk=None, pool_factor=2, dup_threshold=0.9),
+        "iwp pc-mmr": order,
+        **({"iwp pc-mmr, eager": eager(order)} if graphed else {}),
         "select magnitude": lambda: iwp_ops.select_tokens(keys, values, budget, method="magnitude"),
         "select divprune": lambda: iwp_ops.select_tokens(keys, values, budget, method="divprune", embeddings=hidden),
         "fidelity": lambda: iwp_ops.weight_fidelity(keys, values, kept),
@@ -118,14 +136,14 @@ def main() -> None:
             for label, fn in parts(n, device, dtype).items():
                 row = {"n": n, "kept": max(1, round(FRACTION * n)), "part": label, **measure(fn, device, args.repeats)}
                 rows.append(row)
-                print(f"  N={n:<6} {label:<17} {row['seconds'] * 1e3:8.2f} ms (fastest {row['seconds_best'] * 1e3:.2f})"
+                print(f"  N={n:<6} {label:<18} {row['seconds'] * 1e3:8.2f} ms (fastest {row['seconds_best'] * 1e3:.2f})"
                       + (f", {row['kernels']} kernels" if row["kernels"] is not None else ""), flush=True)
 
     print(f"\npruning overhead at layer K on {name} ({dtype}, H={HEADS}, D={DIM}, {FRACTION:.1%} kept), "
           f"median of {args.repeats}")
-    print(f"{'N':>6}  {'kept':>5}  {'part':<17} {'ms':>8} {'fastest':>8} {'kernels':>8}")
+    print(f"{'N':>6}  {'kept':>5}  {'part':<18} {'ms':>8} {'fastest':>8} {'kernels':>8}")
     for r in rows:
-        print(f"{r['n']:>6}  {r['kept']:>5}  {r['part']:<17} {r['seconds'] * 1e3:8.2f} {r['seconds_best'] * 1e3:8.2f} "
+        print(f"{r['n']:>6}  {r['kept']:>5}  {r['part']:<18} {r['seconds'] * 1e3:8.2f} {r['seconds_best'] * 1e3:8.2f} "
               f"{r['kernels'] if r['kernels'] is not None else '-':>8}")
     meta = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), "device": args.device,
             "device_name": name, "dtype": str(dtype), "torch": torch.__version__, "heads": HEADS, "dim": DIM,
