@@ -26,9 +26,11 @@ near-duplicates, e.g. a constant image) do extra steps follow; each of those syn
 once to check progress and sizes its update to the tokens it admitted.
 
 On a GPU those fixed steps launch ~100 small kernels each (1,701 for 6,272 tokens at
-11.1 %, 24 ms on an H100, nearly all launch time), so on CUDA they are captured once per
-input shape and options into a CUDA graph (`_Graphs`) and replayed; extra steps, if any,
-still run eagerly after the replay. ``CUDA_GRAPHS = False`` turns this off.
+11.1 %, 24 ms on an H100, nearly all launch time), so on CUDA, once an input shape and
+options come a second time, they are captured into a CUDA graph (`_Graphs`) and replayed
+from then on; a shape seen once runs eagerly, so a stream of ever-new shapes never pays
+for captures. Extra steps, if any, still run eagerly after the replay.
+``CUDA_GRAPHS = False`` turns this off.
 """
 
 from __future__ import annotations
@@ -121,13 +123,13 @@ class _Greedy:
         return bool((self.filled < self.budget).any())
 
 
-def _planned_steps(state: _Greedy, sizes: Iterator[int], width: int) -> None:
-    """The steps fixed on the host by the width and the schedule (no host sync)."""
-    planned = 0
-    while planned < width:
-        size = next(sizes)
-        state.step(size)
-        planned += size
+def _plan(chunk: int | Sequence[int] | None, width: int) -> tuple[list[int], Iterator[int]]:
+    """Chunk sizes of the steps fixed on the host by the width and the schedule (they run with no
+    host sync), and the schedule's continuation for any extra steps."""
+    sizes, planned = schedule(chunk), []
+    while sum(planned) < width:
+        planned.append(next(sizes))
+    return planned, sizes
 
 
 class _Graphs:
@@ -138,14 +140,23 @@ class _Graphs:
     same buffers, replays, and reads (and may continue) the captured state.
     """
 
-    def __init__(self, size: int = 8) -> None:
+    def __init__(self, size: int = 8, seen: int = 256) -> None:
         self.size = size
         self.cache: OrderedDict[tuple, tuple[torch.cuda.CUDAGraph, list[Tensor], _Greedy]] = OrderedDict()
+        self.seen: OrderedDict[tuple, None] = OrderedDict()
+        self.seen_size = seen
 
-    def run(self, inputs: list[Tensor], width: int, options: dict) -> _Greedy:
+    def run(self, inputs: list[Tensor], width: int, options: dict) -> _Greedy | None:
+        """The state after the planned steps, or None the first time a shape comes (run it eagerly)."""
         # Buffers made under inference mode can only be written under it, hence its place in the key.
         key = (tuple((t.shape, t.dtype, t.device) for t in inputs), width, tuple(sorted(options.items())),
                torch.is_inference_mode_enabled())
+        if key not in self.cache and key not in self.seen:
+            self.seen[key] = None
+            if len(self.seen) > self.seen_size:
+                self.seen.popitem(last=False)
+            return None
+        self.seen.pop(key, None)
         with torch.no_grad():
             entry = self.cache.get(key)
             if entry is None:
@@ -166,7 +177,8 @@ class _Graphs:
         keys, half_sq, units, logw, mhat, informative, mask, budget = static
         state = _Greedy(PairFeatures(keys, half_sq, units, logw), mhat, informative, mask, budget, width,
                         options["lam"], options["pool_factor"], options["dup_threshold"], None)
-        _planned_steps(state, schedule(options["chunk"]), width)
+        for size in _plan(options["chunk"], width)[0]:
+            state.step(size)
         return state
 
     def _capture(self, inputs: list[Tensor], width: int, options: dict):
@@ -194,18 +206,17 @@ def admission_order(features: PairFeatures, mhat: Tensor, informative: Tensor, m
 
     ``budget`` must not exceed each item's candidate count (nor ``width``).
     """
-    sizes = schedule(chunk)
+    planned, extra = _plan(chunk, width)
+    state = None
     if CUDA_GRAPHS and frames is None and mhat.is_cuda and not torch.cuda.is_current_stream_capturing():
         options = {"lam": lam, "chunk": chunk if chunk is None or isinstance(chunk, int) else tuple(chunk),
                    "pool_factor": pool_factor, "dup_threshold": dup_threshold}
         inputs = [features.keys, features.half_sq, features.units, features.logw, mhat, informative, mask, budget]
         state = _GRAPHS.run(inputs, width, options)
-        planned = 0
-        while planned < width:  # advance the schedule past the captured steps
-            planned += next(sizes)
-    else:
+    if state is None:
         state = _Greedy(features, mhat, informative, mask, budget, width, lam, pool_factor, dup_threshold, frames)
-        _planned_steps(state, sizes, width)
+        for size in planned:
+            state.step(size)
     while state.unfinished():
-        state.step(next(sizes), compact=True)
+        state.step(next(extra), compact=True)
     return state.order[:, :width].clone()
