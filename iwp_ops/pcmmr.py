@@ -29,9 +29,10 @@ On a GPU those fixed steps launch ~100 small kernels each (1,701 for 6,272 token
 11.1 %, 24 ms on an H100, nearly all launch time), so on CUDA, once an input shape and
 options come a second time, they are captured into a CUDA graph (`_Graphs`) and replayed
 from then on; a shape seen once runs eagerly, so a stream of ever-new shapes never pays
-for captures. Extra steps, if any, still run eagerly after the replay. Each kept graph holds
-fp32 copies of its inputs (B·H·N·(2D+2)·4 bytes: 207 MB for 8 items of 6,272 tokens with 4
-heads of 128) and a memory pool for its temporaries on the GPU, and at most four are kept. ``CUDA_GRAPHS = False`` turns this off.
+for captures. Extra steps, if any, still run eagerly after the replay, and per-frame quotas
+run eagerly throughout. Each kept graph holds fp32 copies of its inputs (B·H·N·(2D+2)·4
+bytes: 207 MB for 8 items of 6,272 tokens with 4 heads of 128) and a memory pool for its
+temporaries on the GPU, and at most four are kept. ``CUDA_GRAPHS = False`` turns this off.
 """
 
 from __future__ import annotations
