@@ -19,7 +19,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from pipeline.engine import _FirstStepClock, collate
+from pipeline.collate import collate
+from pipeline.engine import _FirstStepClock
 from reference.grading import caption_scores, tag_f1
 from reference.scenes import MEDIA_TYPES, Scene, scenes
 from reference.train import TASKS, model_inputs

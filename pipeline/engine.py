@@ -17,6 +17,7 @@ import torch
 from transformers import LogitsProcessor, LogitsProcessorList
 
 from pipeline.batching import pack_by_tokens
+from pipeline.collate import collate
 from pipeline.config import PipelineConfig, PruningConfig
 from pipeline.metrics import labels, stage_metrics
 from pipeline.preprocess import load_processor
@@ -24,12 +25,6 @@ from pipeline.progress import report
 from pipeline.schema import OK, mark_failed, to_result_table
 from pipeline.tags import parse_tags
 from pipeline.tensors import unpack
-
-MEDIA_KEYS = {
-    "image": ("pixel_values", "image_grid_thw"),
-    "video": ("pixel_values_videos", "video_grid_thw", "second_per_grid_ts"),
-}
-
 
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
@@ -70,23 +65,6 @@ def load_model(cfg: PipelineConfig):
     )
     pack_vision_attention(model)
     return model.to(device).eval()
-
-
-def collate(items: list[dict[str, np.ndarray]], pad_id: int, device: torch.device, dtype: torch.dtype) -> dict[str, torch.Tensor]:
-    """Left-pad the token sequences and concatenate the visual inputs in item order."""
-    width = max(len(x["input_ids"]) for x in items)
-    batch: dict[str, torch.Tensor] = {}
-    for key, fill in (("input_ids", pad_id), ("attention_mask", 0), ("mm_token_type_ids", 0)):
-        if key in items[0]:
-            rows = [np.pad(x[key], (width - len(x[key]), 0), constant_values=fill) for x in items]
-            batch[key] = torch.from_numpy(np.stack(rows)).to(device)
-    for keys in MEDIA_KEYS.values():
-        for key in keys:
-            parts = [x[key] for x in items if key in x]
-            if parts:
-                tensor = torch.from_numpy(np.concatenate(parts))
-                batch[key] = tensor.to(device, dtype if tensor.is_floating_point() and key.startswith("pixel") else None)
-    return batch
 
 
 class _FirstStepClock(LogitsProcessor):

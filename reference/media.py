@@ -10,7 +10,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-import av
 import numpy as np
 from PIL import Image
 
@@ -101,7 +100,12 @@ def write_video(
 
 
 def write_frames(path: str | Path, frames: Iterable[np.ndarray], fps: int) -> None:
-    """Encode RGB uint8 frames [H, W, 3] (even sides) as an H.264 mp4 with PyAV."""
+    """Encode RGB uint8 frames [H, W, 3] (even sides) as an H.264 mp4 with PyAV.
+
+    PyAV is imported here, not at the top: training renders scenes in memory and runs where it is not installed.
+    """
+    import av
+
     with av.open(str(path), mode="w") as container:
         stream = None
         for rgb in frames:

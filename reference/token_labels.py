@@ -72,8 +72,10 @@ class TokenProbe(nn.Module):
     def __init__(self, hidden: int, background_weight: float = 0.1):
         super().__init__()
         self.heads = nn.ModuleList(nn.Linear(hidden, len(values) + 1) for _, values in FIELDS)
-        self.weights = [torch.tensor([background_weight] + [1.0] * len(values)) for _, values in FIELDS]
+        for k, (_, values) in enumerate(FIELDS):
+            self.register_buffer(f"class_weight_{k}", torch.tensor([background_weight] + [1.0] * len(values)),
+                                 persistent=False)
 
     def forward(self, features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return sum(nn.functional.cross_entropy(head(features), labels[:, k], weight=w)
-                   for k, (head, w) in enumerate(zip(self.heads, self.weights)))
+        return sum(nn.functional.cross_entropy(head(features), labels[:, k], weight=getattr(self, f"class_weight_{k}"))
+                   for k, head in enumerate(self.heads))

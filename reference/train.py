@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 import iwp_ops
-from pipeline.engine import collate
+from pipeline.collate import collate
 from pipeline.preprocess import build_inputs
 from pipeline.tags import default_tag_prompt
 from reference.scenes import TAG_VOCABULARY, VIDEO_FPS, Scene, make_scene
@@ -138,6 +138,39 @@ def batch_of(items: list[dict[str, np.ndarray]], pad_id: int) -> dict[str, torch
     return batch
 
 
+class StepBatches(torch.utils.data.Dataset):
+    """Step `s`'s batch and probe labels, made from its own scenes alone.
+
+    A step's scenes follow from how many steps of its media came before it, so data-loader
+    workers build steps in parallel and any number of workers gives the same batches.
+    """
+
+    def __init__(self, processor, video_every: int, image_batch: int, video_batch: int, first_scene: int):
+        self.processor, self.video_every, self.first_scene = processor, video_every, first_scene
+        self.size = {"image": image_batch, "video": video_batch}
+
+    def media(self, step: int) -> str:
+        return "video" if self.video_every and step % self.video_every == self.video_every - 1 else "image"
+
+    def scenes_seen(self, steps: int) -> dict[str, int]:
+        """Index of the next unseen training scene per media after `steps` steps."""
+        videos = steps // self.video_every if self.video_every else 0
+        return {media: self.first_scene + count * self.size[media]
+                for media, count in (("image", steps - videos), ("video", videos))}
+
+    def __getitem__(self, step: int) -> tuple[str, dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
+        media = self.media(step)
+        first = self.scenes_seen(step)[media]
+        items, labels, cells = [], [], []
+        for index in range(first, first + self.size[media]):
+            scene = make_scene("train", media, index)
+            items.append(training_example(self.processor, scene, TASKS[index % 2]))
+            labels.append(token_labels(scene))
+            cells.append(token_cells(scene))
+        batch = batch_of(items, self.processor.tokenizer.pad_token_id)
+        return media, batch, torch.from_numpy(np.concatenate(labels)), torch.from_numpy(np.concatenate(cells))
+
+
 def pointer_loss(attentions: tuple[torch.Tensor, ...], pointer: torch.Tensor, key_object: torch.Tensor) -> torch.Tensor:
     """Mean -log of the attention mass that `POINTER_HEADS` put on the object each caption token is about.
 
@@ -198,7 +231,7 @@ def load_for_training(path: Path):
 def train(out: Path, *, steps: int, seed: int, lr: float, image_batch: int, video_batch: int,
           video_every: int, aux_weight: float = 1.0, pointer_weight: float = 1.0, cell_layer: int = 1,
           prune_from: float = 0.3, prune_share: float = 0.5, checkpoint_every: int = 100, stop_after: int | None = None,
-          init: Path | None = None, first_scene: int = 0) -> dict:
+          init: Path | None = None, first_scene: int = 0, device: str = "cpu", workers: int = 0) -> dict:
     """Train for `steps` steps: image batches, and every `video_every`-th step a video batch.
 
     `aux_weight` scales the per-token probe losses (`reference.token_labels`; the cell probe
@@ -213,12 +246,14 @@ def train(out: Path, *, steps: int, seed: int, lr: float, image_batch: int, vide
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+    device = torch.device(device)
     model, processor = load_for_training(init) if init else build_model_and_processor(seed)
+    model.to(device)
     if pointer_weight > 0:
         model.set_attn_implementation({"text_config": "eager", "vision_config": "sdpa"})  # SDPA returns no weights
     model.train()
     hidden = model.config.text_config.hidden_size
-    probe, cell_probe = TokenProbe(hidden), torch.nn.Linear(hidden, 9)
+    probe, cell_probe = TokenProbe(hidden).to(device), torch.nn.Linear(hidden, 9).to(device)
     if cell_layer >= PRUNE_LAYER:
         raise ValueError(f"cell_layer must read a layer below the pruning layer {PRUNE_LAYER}")
     pruning = iwp_ops.enable_pruning(model, layer=PRUNE_LAYER, record_fidelity=False)
@@ -228,11 +263,13 @@ def train(out: Path, *, steps: int, seed: int, lr: float, image_batch: int, vide
     model.model.visual.register_forward_hook(lambda _m, _i, out: seen.__setitem__("vision", out.pooler_output))
     model.model.language_model.layers[cell_layer].register_forward_hook(
         lambda _m, _i, out: seen.__setitem__("decoder", out[0] if isinstance(out, tuple) else out))
-    visual_ids = torch.tensor([processor.image_token_id, processor.video_token_id])
+    visual_ids = torch.tensor([processor.image_token_id, processor.video_token_id], device=device)
     params = [p for m in (model, probe, cell_probe) for p in m.parameters()]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01, betas=(0.9, 0.98))
-    pad_id = processor.tokenizer.pad_token_id
-    counters = {"image": first_scene, "video": first_scene}
+    last = min(steps, stop_after or steps)
+    batches = StepBatches(processor, video_every, image_batch, video_batch, first_scene)
+    loader = torch.utils.data.DataLoader(batches, batch_size=None, sampler=range(last), num_workers=workers,
+                                         prefetch_factor=4 if workers else None, pin_memory=device.type == "cuda")
     log: list[dict] = []
     started = time.perf_counter()
     settings = {"seed": seed, "steps": steps, "stop_after": stop_after, "init": str(init) if init else None,
@@ -240,48 +277,38 @@ def train(out: Path, *, steps: int, seed: int, lr: float, image_batch: int, vide
                 "video_every": video_every, "aux_weight": aux_weight, "pointer_weight": pointer_weight,
                 "pointer_heads": POINTER_HEADS, "cell_layer": cell_layer, "prune_from": prune_from,
                 "prune_share": prune_share, "prune_layer": PRUNE_LAYER, "prune_keep": PRUNE_KEEP, "text": TEXT,
-                "vision": VISION, "parameters": sum(p.numel() for p in model.parameters())}
-    last = min(steps, stop_after or steps)
-    for step in range(last):
-        media = "video" if video_every and step % video_every == video_every - 1 else "image"
-        size = video_batch if media == "video" else image_batch
-        items, labels, cells = [], [], []
-        for _ in range(size):
-            scene = make_scene("train", media, counters[media])
-            task = TASKS[counters[media] % 2]
-            counters[media] += 1
-            items.append(training_example(processor, scene, task))
-            labels.append(token_labels(scene))
-            cells.append(token_cells(scene))
+                "vision": VISION, "parameters": sum(p.numel() for p in model.parameters()), "device": str(device)}
+    for step, (media, batch, labels, cells) in enumerate(loader):
+        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+        labels, cells = labels.to(device, non_blocking=True), cells.to(device, non_blocking=True)
         for group in opt.param_groups:
             group["lr"] = lr * schedule(step / steps)
-        batch = batch_of(items, pad_id)
         pointer, key_object, answer = batch.pop("pointer"), batch.pop("key_object"), batch.pop("labels")
         method = prune_at.get(step)
         if method:
             pruning.enable()
-            pruning.configure(method=method, keep_ratio=[random.uniform(*PRUNE_KEEP) for _ in items])
+            pruning.configure(method=method, keep_ratio=[random.uniform(*PRUNE_KEEP) for _ in range(len(answer))])
         else:
             pruning.disable()
         pointing = pointer_weight > 0 and not method
         outputs = model(**batch, output_attentions=pointing)
         loss = answer_loss(outputs.logits, answer)
         decoder_visual = unit_scale(seen["decoder"][torch.isin(batch["input_ids"], visual_ids)])
-        aux = probe(unit_scale(seen["vision"]), torch.from_numpy(np.concatenate(labels))) + \
-            torch.nn.functional.cross_entropy(cell_probe(decoder_visual), torch.from_numpy(np.concatenate(cells)))
+        aux = probe(unit_scale(seen["vision"]), labels) + \
+            torch.nn.functional.cross_entropy(cell_probe(decoder_visual), cells)
         opt.zero_grad(set_to_none=True)
-        point = pointer_loss(outputs.attentions, pointer, key_object) if pointing else torch.zeros(())
+        point = pointer_loss(outputs.attentions, pointer, key_object) if pointing else loss.new_zeros(())
         (loss + aux_weight * aux + pointer_weight * point).backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
-        log.append({"step": step, "media": media, "pruned": method, "loss": loss.item(), "probe_loss": aux.item(),
-                    "pointer_loss": point.item(), "elapsed_s": time.perf_counter() - started})
+        loss_v, aux_v, point_v = torch.stack([loss.detach(), aux.detach(), point.detach()]).tolist()
+        log.append({"step": step, "media": media, "pruned": method, "loss": loss_v, "probe_loss": aux_v,
+                    "pointer_loss": point_v, "elapsed_s": time.perf_counter() - started})
         if step % 10 == 0 or step == last - 1:
-            print(f"step {step:5d} {media:5s} {method or '':9s} loss {loss.item():.4f} probe {aux.item():.4f} "
-                  f"pointer {point.item():.3f} "
+            print(f"step {step:5d} {media:5s} {method or '':9s} loss {loss_v:.4f} probe {aux_v:.4f} pointer {point_v:.3f} "
                   f"lr {opt.param_groups[0]['lr']:.2e} {time.perf_counter() - started:7.1f} s", flush=True)
         if (step + 1) % checkpoint_every == 0 or step == last - 1:
-            summary = {**settings, "steps_done": step + 1, "scenes_seen": dict(counters),
+            summary = {**settings, "steps_done": step + 1, "scenes_seen": batches.scenes_seen(step + 1),
                        "train_seconds": time.perf_counter() - started, "log": log}
             save(model, processor, out, summary)
     return summary
@@ -311,7 +338,7 @@ def plot_loss(summary: dict, path: Path) -> None:
             x, y = zip(*pts)
             ax.plot(x, y, label=f"{media} batches", lw=0.8)
     ax.set(xlabel="step", ylabel="cross-entropy on answer tokens", yscale="log",
-           title=f"reference model training ({summary['train_seconds'] / 60:.1f} min, CPU)")
+           title=f"reference model training ({summary['train_seconds'] / 60:.1f} min, {summary.get('device', 'cpu')})")
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -336,13 +363,17 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--stop-after", type=int, default=None, help="stop after this many steps of the schedule")
     ap.add_argument("--init", type=Path, default=None, help="continue training this saved model")
     ap.add_argument("--first-scene", type=int, default=0, help="index of the first training scene per modality")
+    ap.add_argument("--checkpoint-every", type=int, default=100, help="save the model every this many steps")
+    ap.add_argument("--device", default="cpu", help="torch device to train on (cpu, cuda)")
+    ap.add_argument("--workers", type=int, default=0, help="data-loader processes that render scenes (0: in the main one)")
     args = ap.parse_args(argv)
     torch.set_num_threads(min(2, torch.get_num_threads()))
     summary = train(args.out, steps=args.steps, seed=args.seed, lr=args.lr, image_batch=args.image_batch,
                     video_batch=args.video_batch, video_every=args.video_every, aux_weight=args.aux_weight,
                     pointer_weight=args.pointer_weight, prune_from=args.prune_from, prune_share=args.prune_share,
-                    init=args.init,
-                    first_scene=args.first_scene, stop_after=args.stop_after)
+                    init=args.init, first_scene=args.first_scene, stop_after=args.stop_after, device=args.device,
+                    checkpoint_every=args.checkpoint_every,
+                    workers=args.workers)
     print(f"saved {args.out} after {summary['steps_done']} steps, {summary['train_seconds'] / 60:.1f} min; "
           f"final loss {summary['log'][-1]['loss']:.4f}")
 

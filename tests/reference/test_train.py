@@ -9,7 +9,7 @@ import torch
 import iwp_ops
 from reference.scenes import make_scene
 from reference.token_labels import token_objects
-from reference.train import (POINTER_HEADS, PRUNE_LAYER, TASKS, answer_ids, answer_loss, batch_of,
+from reference.train import (POINTER_HEADS, PRUNE_LAYER, TASKS, StepBatches, answer_ids, answer_loss, batch_of,
                              build_model_and_processor, pointer_loss, pruned_steps, target_for, train, training_example)
 
 
@@ -131,3 +131,22 @@ def test_a_short_run_trains_with_and_without_pruning_and_saves_a_model_that_load
     model = Qwen2_5_VLForConditionalGeneration.from_pretrained(tmp_path, local_files_only=True)
     assert model.config.text_config.num_hidden_layers == 4
     assert json.loads((tmp_path / "train_log.json").read_text())["steps_done"] == 3
+
+
+def test_step_batches_draw_each_media_s_scenes_in_order_whatever_step_asks(processor):
+    batches = StepBatches(processor, video_every=3, image_batch=2, video_batch=1, first_scene=5)
+    assert [batches.media(s) for s in range(6)] == ["image", "image", "video", "image", "image", "video"]
+    assert batches.scenes_seen(6) == {"image": 5 + 4 * 2, "video": 5 + 2}
+    media, batch, labels, cells = batches[4]  # the fourth image step: scenes 11 and 12, tagged then captioned
+    expected = batch_of([training_example(processor, make_scene("train", "image", i), TASKS[i % 2]) for i in (11, 12)],
+                        processor.tokenizer.pad_token_id)
+    assert media == "image" and set(batch) == set(expected)
+    assert all(torch.equal(batch[k], expected[k]) for k in batch)
+    assert labels.shape[0] == cells.shape[0] == int(torch.isin(batch["input_ids"], torch.tensor([5, 6])).sum())
+
+
+def test_loader_workers_render_the_same_batches_as_the_main_process(tmp_path):
+    torch.set_num_threads(min(2, torch.get_num_threads()))
+    runs = [train(tmp_path / str(w), steps=2, seed=0, lr=1e-3, image_batch=2, video_batch=1, video_every=2,
+                  prune_share=0.0, workers=w)["log"] for w in (0, 1)]
+    assert [r["loss"] for r in runs[0]] == [r["loss"] for r in runs[1]]
