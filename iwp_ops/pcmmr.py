@@ -191,7 +191,10 @@ class _Graphs:
             self._build(static, width, options)
         torch.cuda.current_stream(static[0].device).wait_stream(side)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
+        # Thread-local: other threads of the process (a data loader's pin-memory thread, an actor's
+        # prefetch) keep calling CUDA while this thread captures; the default global mode fails them
+        # and invalidates the capture.
+        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
             state = self._build(static, width, options)
         graph.replay()
         return graph, static, state

@@ -72,3 +72,33 @@ def test_least_recently_used_graphs_are_dropped(monkeypatch):
         for _ in range(1 if n == 160 else 2):
             iwp_ops.select_tokens(keys, values, 20)
     assert [key[0][0][0][2] for key in pcmmr._GRAPHS.cache] == [120, 140]  # 160 came once: not captured
+
+
+def test_captures_while_another_thread_calls_cuda(monkeypatch):
+    """A data loader's pin-memory thread copies and synchronizes while the model thread captures
+    (training hit this); neither the capture nor the other thread may fail."""
+    import threading
+
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def busy() -> None:
+        try:
+            while not stop.is_set():
+                torch.empty(1 << 16, pin_memory=True).cuda(non_blocking=True)
+                torch.cuda.current_stream().synchronize()
+        except BaseException as error:  # noqa: BLE001 - reported to the test thread
+            errors.append(error)
+
+    thread = threading.Thread(target=busy)
+    thread.start()
+    try:
+        for n in range(300, 420, 20):  # each shape: eager, capture, replay
+            keys, values, mask = _inputs(n, b=2, n=n)
+            for _ in range(3):
+                eager, graphed = _both(monkeypatch, keys, values, 40, mask=mask)
+                assert torch.equal(graphed, eager)
+    finally:
+        stop.set()
+        thread.join()
+    assert errors == []
