@@ -30,19 +30,12 @@ import json
 import platform
 import statistics
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.bench_model import timed  # noqa: E402 - needs the path above
 
 HEADS, DIM, HIDDEN, FRACTION = 4, 128, 3584, 0.111
-
-
-def _sync(device) -> None:
-    import torch
-
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def kernels(fn, device) -> int | None:
@@ -52,21 +45,14 @@ def kernels(fn, device) -> int | None:
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        fn()
-        _sync(device)
+        timed(fn, device)
     return sum(1 for e in prof.events() if e.device_type.name == "CUDA")
 
 
 def measure(fn, device, repeats: int) -> dict:
     for _ in range(2):
         fn()
-    runs = []
-    for _ in range(repeats):
-        _sync(device)
-        start = time.perf_counter()
-        fn()
-        _sync(device)
-        runs.append(time.perf_counter() - start)
+    runs = [timed(fn, device) for _ in range(repeats)]
     return {"seconds": statistics.median(runs), "seconds_best": min(runs), "seconds_all": runs,
             "kernels": kernels(fn, device)}
 

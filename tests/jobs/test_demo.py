@@ -19,7 +19,9 @@ def test_demo_runs_the_shipped_model_and_captions_its_scenes(tmp_path):
     rows = {row["id"]: row for row in read_results(str(tmp_path / "demo" / "output")).to_pylist()}
     truth = demo_scenes()
     assert sorted(rows) == sorted([*truth, "broken-0"])
-    scores = [caption_scores(scene, rows[item]["caption"])["attribute_accuracy"] for item, scene in truth.items()]
-    # random weights name no object (~0); the shipped model is weak but gets colours and more right
-    assert sum(scores) / len(scores) >= 0.2, [rows[i]["caption"] for i in truth]
-    assert "captions exactly right:" in r.stdout
+    # Random weights name no object; the shipped model gets every held-out demo scene exactly right
+    # (pruned to 22.2 % of its visual tokens, from decoded H.264 for the videos).
+    wrong = {item: (rows[item]["caption"], scene.caption()) for item, scene in truth.items()
+             if not caption_scores(scene, rows[item]["caption"])["exact"]}
+    assert wrong == {}
+    assert "captions exactly right: 6 of 6" in r.stdout
