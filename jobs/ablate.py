@@ -25,8 +25,8 @@ from jobs.eval import load, prepare, run_config
 # run (an earlier screen, on an earlier model, had moved `heads` from "layer" to "mean"), pinned
 # so that the committed numbers stay reproducible after defaults change.
 BASE: dict[str, Any] = {"lam": 0.5, "chunk": None, "normalise": "log_minmax", "heads": "mean", "dup_threshold": 0.9,
-                        "layer": 2, "query_aware": False}
-# name -> settings changed from BASE (method options, or the handle's layer / query_aware)
+                        "layer": 2, "query_aware": False, "rotary_keys": True}
+# name -> settings changed from BASE (method options, or the handle's layer / query_aware / rotary_keys)
 VARIANTS: dict[str, dict[str, Any]] = {
     "default": {},
     "lam=0.25": {"lam": 0.25},
@@ -38,6 +38,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "heads=layer": {"heads": "layer"},
     "no in-chunk suppression": {"dup_threshold": 2.0},
     "query-aware magnitude": {"query_aware": True},
+    "keys before RoPE (no positions in duplication)": {"rotary_keys": False},
     "layer K=1": {"layer": 1},
     "layer K=3": {"layer": 3},
 }

@@ -35,8 +35,8 @@ from ..select import select_tokens
 from .families import Family, family_of
 
 _DEFAULTS: dict[str, Any] = dict(method="iwp", layer=2, keep_ratio=0.222, keep_tokens=None, fidelity_target=None,
-                                 min_tokens=1, max_tokens=None, query_tokens=1, query_aware=False, record_fidelity=True,
-                                 options={})
+                                 min_tokens=1, max_tokens=None, query_tokens=1, query_aware=False, rotary_keys=True,
+                                 record_fidelity=True, options={})
 
 
 @dataclass(frozen=True)
@@ -111,7 +111,10 @@ class PruningHandle:
         `fidelity_target` (the fewest tokens whose IWP selection keeps that weight
         fidelity, within [`min_tokens`, `max_tokens`]; overrides both), `query_aware` (give
         the last `query_tokens` prompt tokens' queries to methods that can use them, e.g. IWP's
-        eq. 10; FastV always gets them), `record_fidelity`.
+        eq. 10; FastV always gets them), `rotary_keys` (score with keys, and queries, after the
+        rotary embedding, the paper's default: positions then enter IWP's duplication term, while
+        a rotation keeps the norms the query-free magnitude reads; False scores with them before
+        it, the ablation; recorded fidelity always uses the rotated keys), `record_fidelity`.
         Any other keyword is an option of the selection method; giving any, or a new
         method, replaces the previous method options.
         """
@@ -150,6 +153,8 @@ class PruningHandle:
             raise ValueError(f"fidelity_target must be in (0, 1], got {s['fidelity_target']}")
         if s["fidelity_target"] is not None and s["method"] != "iwp":
             raise ValueError("fidelity_target (adaptive budget) is defined by IWP's selection: use method 'iwp'")
+        if s["fidelity_target"] is not None and not s["rotary_keys"]:
+            raise ValueError("fidelity_target measures the weight with rotated keys: it needs rotary_keys=True")
         if s["query_tokens"] < 1 or s["min_tokens"] < 0:
             raise ValueError("query_tokens must be at least 1 and min_tokens at least 0")
 
@@ -252,7 +257,9 @@ class PruningHandle:
         attn = layer.self_attn
         cos, sin = kwargs["position_embeddings"]
         normed = layer.input_layernorm(hidden)
-        keys = _rope(_heads(attn.k_proj, normed, attn.head_dim, getattr(attn, "k_norm", None)), cos, sin)
+        raw_keys = _heads(attn.k_proj, normed, attn.head_dim, getattr(attn, "k_norm", None))
+        keys = _rope(raw_keys, cos, sin)
+        rotary = self.settings["rotary_keys"]
         values = _heads(attn.v_proj, normed, attn.head_dim)
         options = dict(self.settings["options"])
         if "hidden" in self._accepted:
@@ -262,9 +269,10 @@ class PruningHandle:
         if "queries" in self._required or ("queries" in self._accepted and self.settings["query_aware"]):
             t = self.settings["query_tokens"]
             q = _heads(attn.q_proj, normed[:, -t:], attn.head_dim, getattr(attn, "q_norm", None))
-            options.setdefault("queries", _rope(q, cos[:, -t:], sin[:, -t:]))
+            options.setdefault("queries", _rope(q, cos[:, -t:], sin[:, -t:]) if rotary else q)
         budget = self._budgets(call, keys, values, options)
-        selected = select_tokens(keys, values, budget, method=self.settings["method"], mask=call.visual, **options)
+        selected = select_tokens(keys if rotary else raw_keys, values, budget, method=self.settings["method"],
+                                 mask=call.visual, **options)
         b, length, _ = hidden.shape
         keep = call.attention & ~call.visual
         chosen = torch.zeros(b, length + 1, dtype=torch.bool, device=hidden.device)

@@ -192,3 +192,33 @@ def test_adaptive_budget_reaches_target(family):
 def test_unsupported_model_is_refused():
     with pytest.raises(ValueError, match="pruning does not support Linear"):
         enable_pruning(torch.nn.Linear(2, 2))
+
+
+def test_rotary_keys_off_scores_with_the_same_keys_before_rotation(family, monkeypatch):
+    """The RoPE ablation: with `rotary_keys=False` the method gets the layer's keys before the
+    rotary embedding, which differ from the rotated ones by a rotation (same norms, other
+    directions); the default hands over the rotated keys."""
+    import iwp_ops.models.base as base
+
+    name, model, processor, items = family
+    seen = []
+
+    def spy(keys, *args, **kwargs):
+        seen.append(keys)
+        return base_select(keys, *args, **kwargs)
+
+    base_select = base.select_tokens
+    monkeypatch.setattr(base, "select_tokens", spy)
+    batch = encode(processor, items[:2])
+    handle = enable_pruning(model, layer=1, keep_ratio=0.3)
+    try:
+        generate(model, batch, n=1)
+        handle.configure(rotary_keys=False)
+        generate(model, batch, n=1)
+        with pytest.raises(ValueError, match="rotary_keys=True"):
+            handle.configure(fidelity_target=0.9)
+    finally:
+        handle.remove()
+    rotated, raw = seen
+    assert torch.allclose(rotated.norm(dim=-1), raw.norm(dim=-1), rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(rotated, raw, atol=1e-3)
