@@ -1,0 +1,24 @@
+"""The ablation screen on the shipped model: each variant's settings reach the pruning hook."""
+
+import torch
+
+from jobs.ablate import BASE, VARIANTS, ablate
+from jobs.default_model import default_model_path
+
+
+def test_every_variant_is_a_known_setting_and_the_rope_variant_changes_the_selection(monkeypatch):
+    import iwp_ops.models.base as base
+
+    assert all(set(changes) <= set(BASE) for changes in VARIANTS.values())
+    torch.set_num_threads(min(2, torch.get_num_threads()))
+    seen = []
+    real = base.select_tokens
+    monkeypatch.setattr(base, "select_tokens", lambda keys, *a, **k: seen.append(keys) or real(keys, *a, **k))
+    names = ("default", "keys before RoPE (no positions in duplication)")
+    result = ablate(default_model_path(), images=2, videos=1, keep_ratios=(0.111,), variants=names, batch_size=2)
+    assert set(result["scores"]) == set(names) and all(0.0 <= s <= 1.0 for s in result["scores"].values())
+    assert [r["variant"] for r in result["rows"]] == ["unpruned", *names] * 2  # images, then videos
+    assert len(seen) == 8  # two batches per modality and variant: 2 images x 2 tasks by 2, 1 video x 2 tasks by 1
+    default, before_rope = seen[0], seen[2]  # the first image batch of each variant
+    assert torch.allclose(default.norm(dim=-1), before_rope.norm(dim=-1), rtol=1e-3, atol=1e-4)
+    assert not torch.allclose(default, before_rope, atol=1e-3)
