@@ -67,7 +67,7 @@ def ablate(model_path: str | Path, *, images: int, videos: int, keep_ratios: tup
                 row = {"variant": name, "media": media, "layer": settings["layer"],
                        **run_config(model, processor, handle, items, "iwp", ratio, size, **settings)}
                 rows.append(row)
-                print(f"{media:5s} {name:24s} keep {ratio:.3f}: caption {row['caption_attribute_accuracy']:.3f} "
+                print(f"{media:5s} {name:48s} keep {ratio:.3f}: caption {row['caption_attribute_accuracy']:.3f} "
                       f"tag F1 {row['tag_f1']:.3f} fidelity {row['weight_fidelity']:.3f} "
                       f"({time.perf_counter() - began:.0f} s)", flush=True)
     scores = {name: float(np.mean([(r["caption_attribute_accuracy"] + r["tag_f1"]) / 2 for r in rows

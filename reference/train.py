@@ -271,8 +271,11 @@ def train(out: Path, *, steps: int, seed: int, lr: float, image_batch: int, vide
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01, betas=(0.9, 0.98))
     last = min(steps, stop_after or steps)
     batches = StepBatches(processor, video_every, image_batch, video_batch, first_scene)
+    # Its own generator: a loader draws a base seed when iterated, and from the global one that draw
+    # would shift the random pruning method's draws on CPU.
     loader = torch.utils.data.DataLoader(batches, batch_size=None, sampler=range(last), num_workers=workers,
-                                         prefetch_factor=4 if workers else None, pin_memory=device.type == "cuda")
+                                         prefetch_factor=4 if workers else None, pin_memory=device.type == "cuda",
+                                         generator=torch.Generator().manual_seed(seed))
     log: list[dict] = []
     started = time.perf_counter()
     settings = {"seed": seed, "steps": steps, "stop_after": stop_after, "init": str(init) if init else None,
