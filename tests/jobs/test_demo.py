@@ -21,7 +21,8 @@ def test_demo_runs_the_shipped_model_and_captions_its_scenes(tmp_path):
     assert sorted(rows) == sorted([*truth, "broken-0"])
     # Random weights name no object; the shipped model gets every held-out demo scene exactly right
     # (pruned to 22.2 % of its visual tokens, from decoded H.264 for the videos). Float noise between
-    # machines is far below the closest call (image-0's small triangle over circle, by 0.05 logits).
+    # machines is far below the closest call (image-0's small triangle over circle, by 0.05 logits:
+    # `python -m jobs.margins`).
     wrong = {item: (rows[item]["caption"], scene.caption()) for item, scene in truth.items()
              if not caption_scores(scene, rows[item]["caption"])["exact"]}
     assert wrong == {}
