@@ -646,6 +646,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None,
                         help="CPU threads for torch (default: torch's own choice, one per core); on a machine "
                              "shared with other work, 1 avoids OpenMP threads waiting on a descheduled partner")
+    parser.add_argument("--patch-embed", choices=("linear", "conv"), default="linear",
+                        help="linear: the patch embedding as one matrix product, as the pipeline runs it "
+                             "(iwp_ops.flatten_patch_embedding); conv: transformers' Conv3d")
     parser.add_argument("--vision-attention", choices=("packed", "loop"), default="packed",
                         help="packed: one attention call per vision block, as the pipeline runs it "
                              "(iwp_ops.pack_vision_attention); loop: transformers' own call per window")
@@ -684,6 +687,8 @@ def main() -> None:
           f"({vision_params / 1e6:.1f} M vision), attention {model.config._attn_implementation}", flush=True)
     media = {"video": encode(processor, "video", args.video_size, args.frames, seed=1),
              "image": encode(processor, "image", args.image_size, args.frames, seed=2)}
+    if args.patch_embed == "linear":
+        iwp_ops.flatten_patch_embedding(model)
     packing = {}
     if args.vision_attention == "packed":
         packing = compare_vision_attention(model, media, device, args.repeats)
@@ -818,7 +823,8 @@ def main() -> None:
             "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(), "config_name": args.config,
             "config": spec, "dtype": spec["dtype"], "parameters": params, "vision_parameters": vision_params,
             "attn_implementation": model.config._attn_implementation,
-            "vision_attn_implementation": model.config.vision_config._attn_implementation, "method": args.method, "layer": args.layer,
+            "vision_attn_implementation": model.config.vision_config._attn_implementation,
+            "patch_embed": args.patch_embed, "method": args.method, "layer": args.layer,
             "new_tokens": args.new_tokens, "repeats": args.repeats, "batch_repeats": args.batch_repeats,
             "max_batch": args.max_batch, "memory_budget_bytes": budget, "quick": args.quick,
             "video": {"frames": args.frames, "size": args.video_size, "grid_thw": grids_of(media["video"])},

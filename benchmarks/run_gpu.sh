@@ -11,15 +11,17 @@
 #   4. the batch sweep (items/s at the largest batch that fits, unpruned vs 11.1 %), packed;
 #   5. bench_prune_overhead.py: the parts of the layer-K overhead alone (selection halves, peers,
 #      the fidelity recording), with the kernels each launches;
-#   6. bench_select.py --quick on CUDA (selection time and memory as N grows).
-# Usage: benchmarks/run_gpu.sh OUTDIR [PARTS, default "1 2 3 4 5 6"]   (one JSON per part and run.log, all output, land in OUTDIR)
+#   6. bench_select.py --quick on CUDA (selection time and memory as N grows);
+#   7. profile_vision.py: where the 64x392x392 video's vision encoder spends its time, by operator
+#      family, with the patch embedding as a matrix product and as transformers' Conv3d.
+# Usage: benchmarks/run_gpu.sh OUTDIR [PARTS, default "1 2 3 4 5 6 7"]   (one JSON per part and run.log, all output, land in OUTDIR)
 # Needs torch with CUDA and transformers 5.24.x (the pinned range). Where the machine has another
 # transformers, install the 5.24 wheel beside it first, e.g.
 #   pip install --no-deps --target /tmp/site transformers-5.24.0-py3-none-any.whl && export PYTHONPATH=/tmp/site
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${1:?usage: benchmarks/run_gpu.sh OUTDIR [PARTS]}
-parts=" ${2:-1 2 3 4 5 6} "
+parts=" ${2:-1 2 3 4 5 6 7} "
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1
 PY=${PYTHON:-python3}
@@ -41,4 +43,10 @@ bench() {  # bench NAME LIMIT_S ARGS...: one bench_model.py run, its JSON named 
   --out "$out/bench_prune_overhead.json" 2>&1 | tee -a "$out/run.log"
 [[ $parts == *" 6 "* ]] && timeout "${SELECT_LIMIT_S:-60}" "$PY" benchmarks/bench_select.py --device cuda --quick \
   --out "$out/bench_select_cuda.json" 2>&1 | tee -a "$out/run.log"
+if [[ $parts == *" 7 "* ]]; then
+  for embed in linear conv; do
+    timeout "${PART_LIMIT_S:-120}" "$PY" benchmarks/profile_vision.py --device cuda --patch-embed "$embed" \
+      --out "$out/profile_vision_$embed.json" 2>&1 | tee -a "$out/run.log"
+  done
+fi
 exit 0

@@ -12,6 +12,7 @@ Public API:
   loaded transformers VLM (``iwp_ops.models``; the only part that touches transformers).
 - ``pack_vision_attention(model)``: a Qwen2-VL / Qwen2.5-VL vision encoder on SDPA runs one
   attention call per block instead of one per window (the unpruned part of the prefill).
+- ``flatten_patch_embedding(model)``: their patch embedding as one matrix product, not a Conv3d.
 - ``METHODS``: the names ``select_tokens`` accepts for ``method``.
 """
 
@@ -19,7 +20,7 @@ from .budget import adaptive_budget
 from .fidelity import weight_fidelity
 from .methods import REGISTRY as _REGISTRY
 from .methods.visionzip import merged_features as visionzip_merged_features
-from .models import ItemStats, PruningHandle, enable_pruning, pack_vision_attention
+from .models import ItemStats, PruningHandle, enable_pruning, flatten_patch_embedding, pack_vision_attention
 from .scores import information_duplication, information_magnitude
 from .select import select_tokens
 
@@ -31,6 +32,7 @@ __all__ = [
     "PruningHandle",
     "adaptive_budget",
     "enable_pruning",
+    "flatten_patch_embedding",
     "information_duplication",
     "information_magnitude",
     "pack_vision_attention",

@@ -54,7 +54,7 @@ def load_model(cfg: PipelineConfig):
     """`from_pretrained` on a local directory: no network, remote code only if asked."""
     from transformers import AutoModelForImageTextToText
 
-    from iwp_ops import pack_vision_attention
+    from iwp_ops import flatten_patch_embedding, pack_vision_attention
 
     device = resolve_device(cfg.model.device)
     model = AutoModelForImageTextToText.from_pretrained(
@@ -64,6 +64,7 @@ def load_model(cfg: PipelineConfig):
         trust_remote_code=cfg.model.trust_remote_code,
     )
     pack_vision_attention(model)
+    flatten_patch_embedding(model)
     return model.to(device).eval()
 
 

@@ -2,5 +2,6 @@
 
 from .base import ItemStats, PruningHandle, enable_pruning
 from .vision_attention import pack_vision_attention
+from .vision_patch_embed import flatten_patch_embedding
 
-__all__ = ["ItemStats", "PruningHandle", "enable_pruning", "pack_vision_attention"]
+__all__ = ["ItemStats", "PruningHandle", "enable_pruning", "flatten_patch_embedding", "pack_vision_attention"]

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -35,3 +36,18 @@ def test_vision_attention_comparison_packs_the_model_and_matches_fp32():
         assert out[kind]["loop_s"] > 0 and out[kind]["packed_s"] > 0
         assert out[kind]["loop_max_error_vs_fp32"] < 1e-5
         assert out[kind]["packed_max_error_vs_fp32"] < 1e-5
+
+
+def test_vision_profile_accounts_for_the_encoder_by_operator_family(tmp_path):
+    import profile_vision
+
+    out = tmp_path / "profile.json"
+    result = profile_vision.main(["--device", "cpu", "--frames", "4", "--video-size", "56x56", "--repeats", "1",
+                                  "--patch-embed", "conv", "--out", str(out)])
+    assert json.loads(out.read_text())["families"] == result["families"]
+    assert result["families"]["patch embedding"] > 0 and result["families"]["matmul"] > 0
+    assert sum(result["families"].values()) == pytest.approx(result["profiled_op_seconds"])
+    assert result["flops"] > 0 and result["tflops_per_s"] > 0
+    assert all(result["patch_embedding_alone"][k]["seconds"] > 0 for k in ("conv", "linear"))
+    assert profile_vision.family("aten::addmm") == "matmul"
+    assert profile_vision.family("aten::_scaled_dot_product_flash_attention_for_cpu") == "attention"

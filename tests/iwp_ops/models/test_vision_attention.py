@@ -68,3 +68,29 @@ def test_other_models_and_implementations_are_left_alone(qwen, tmp_path):
     llava = AutoModelForImageTextToText.from_pretrained(build_tiny_model(tmp_path, arch="llava_onevision"),
                                                         local_files_only=True)
     assert not pack_vision_attention(llava)
+
+
+def test_flat_patch_embedding_gives_the_same_features_and_tokens(qwen):
+    from iwp_ops import flatten_patch_embedding
+
+    load, processor = qwen
+    batch = _batch(processor)
+    stock, flat = load(), load()
+    assert flatten_patch_embedding(flat)
+    assert flat.model.visual.patch_embed.forward.__func__ is not type(flat.model.visual.patch_embed).forward
+    assert flat.state_dict().keys() == stock.state_dict().keys()
+    with torch.no_grad():
+        for key, grid in (("pixel_values", "image_grid_thw"), ("pixel_values_videos", "video_grid_thw")):
+            torch.testing.assert_close(flat.model.visual.patch_embed(batch[key]), stock.model.visual.patch_embed(batch[key]),
+                                       rtol=1e-4, atol=1e-5)
+        gen = dict(max_new_tokens=4, min_new_tokens=4, do_sample=False)
+        assert torch.equal(flat.generate(**batch, **gen), stock.generate(**batch, **gen))
+
+
+def test_flat_patch_embedding_leaves_other_models_alone(tmp_path):
+    from iwp_ops import flatten_patch_embedding
+
+    llava = AutoModelForImageTextToText.from_pretrained(build_tiny_model(tmp_path, arch="llava_onevision"),
+                                                        local_files_only=True)
+    assert not flatten_patch_embedding(llava)
+    assert not flatten_patch_embedding(torch.nn.Linear(2, 2))
