@@ -37,10 +37,10 @@ def closest_calls(model_path: str | Path, max_new_tokens: int = 40) -> list[dict
             batch = collate([model_inputs(processor, scene, "caption")], tok.pad_token_id, model.device, model.dtype)
             out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, output_scores=True,
                                  return_dict_in_generate=True, pad_token_id=tok.pad_token_id)
-            top = torch.stack([s[0].topk(2).values for s in out.scores])
-            gaps = top[:, 0] - top[:, 1]
+            values, indices = torch.stack([s[0] for s in out.scores]).topk(2, dim=-1)
+            gaps = values[:, 0] - values[:, 1]
             step = int(gaps.argmin())
-            pair = tok.convert_ids_to_tokens(out.scores[step][0].topk(2).indices.tolist())
+            pair = tok.convert_ids_to_tokens(indices[step].tolist())
             caption = tok.decode(out.sequences[0, batch["input_ids"].shape[1]:], skip_special_tokens=True).strip()
             rows.append({"id": item_id, "caption": caption, "exact": caption == scene.caption(),
                          "min_gap": float(gaps[step]), "at_token": step, "chose": pair[0], "over": pair[1]})

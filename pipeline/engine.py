@@ -26,6 +26,7 @@ from pipeline.schema import OK, mark_failed, to_result_table
 from pipeline.tags import parse_tags
 from pipeline.tensors import unpack
 
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
