@@ -5,7 +5,8 @@ heads, from Gram terms ``⟨ΔWᵢ,ΔWⱼ⟩ = (vᵢ·vⱼ)·exp(kᵢ·kⱼ/√d
 residual ‖W_N − W_S‖, ignores the scale of W_S, which softmax renormalises anyway.
 Every Gram term is shifted by one per-item constant (it cancels in the cosine)
 so that all exponents are <= 0, and Gram blocks are formed a few rows at a time, so
-memory stays O(N·block) whatever N is. Time is O(N²·H·d): ‖W_N‖² needs every pair.
+memory stays O(N·block) whatever N is. Time is O(N²·H·d): ‖W_N‖² needs every pair (the
+Gram's symmetry halves that), and ⟨W_N, W_S⟩ is read off the same pass's column totals.
 """
 
 from __future__ import annotations
@@ -62,23 +63,31 @@ def gram_features(keys: Tensor, values: Tensor, mask: Tensor, kernel: str) -> Fe
     return base.with_logw(log_m - shift)
 
 
-def _blocks(count: int, per_row: int, batch: int) -> list[tuple[int, int]]:
-    step = max(1, _BLOCK_ELEMENTS // max(1, batch * per_row))
+def _blocks(count: int, per_row: int, batch: int, parts: int = 1) -> list[tuple[int, int]]:
+    """Row ranges of at least ``parts`` blocks (fewer only if count is smaller) within the memory cap."""
+    step = max(1, min(_BLOCK_ELEMENTS // max(1, batch * per_row), -(-count // parts)))
     return [(start, min(count, start + step)) for start in range(0, count, step)]
 
 
-def column_sums(features: Features, cols: Features) -> Tensor:
-    """``Σᵢ G[i, j]`` over all rows i, for each column token j: ``[B, C]`` in float64."""
+def column_totals(features: Features) -> Tensor:
+    """``cⱼ = Σᵢ G[i, j]`` over all tokens, ``[B, N]`` in float64.
+
+    G is symmetric, so only the blocks of rows against the columns from their own first row
+    on are formed (with 8 blocks, 56 % of the pairs): each adds its column sums to its
+    columns and, right of the diagonal, its row sums to its own rows.
+    """
     b, _, n, _ = features.keys.shape
-    total = torch.zeros(b, cols.keys.shape[2], dtype=torch.float64, device=features.keys.device)
-    for start, stop in _blocks(n, cols.keys.shape[2], b):
-        total += features.rows(start, stop).pair(cols).double().sum(1)
+    total = torch.zeros(b, n, dtype=torch.float64, device=features.keys.device)
+    for start, stop in _blocks(n, n, b, parts=8):
+        block = features.rows(start, stop).pair(features.rows(start, n)).double()
+        total[:, start:] += block.sum(1)
+        total[:, start:stop] += block[:, :, stop - start:].sum(-1)
     return total
 
 
-def squared_norm(features: Features) -> Tensor:
-    """``‖Σᵢ ΔWᵢ‖²`` over all tokens of ``features``: ``[B]`` in float64."""
-    return column_sums(features, features).sum(-1)
+def kept_totals(totals: Tensor, indices: Tensor) -> Tensor:
+    """``totals`` at ``indices`` ``[B, K]``; -1 entries give 0."""
+    return totals.gather(1, indices.clamp(min=0)) * (indices >= 0)
 
 
 def cosine(inner: Tensor, norm_a: Tensor, norm_b: Tensor) -> Tensor:
@@ -101,9 +110,9 @@ def weight_fidelity(keys: Any, values: Any, indices: Any, *, mask: Tensor | None
     kept_idx = validate.indices(indices, b, n, keys.device)
     kernel = validate.choice("kernel", kernel, KERNELS)
     features = gram_features(keys, values, cand, kernel)
-    kept = features.take(kept_idx)
-    inner = column_sums(features, kept).sum(-1)
-    return cosine(inner, squared_norm(features), column_sums(kept, kept).sum(-1)).float()
+    totals = column_totals(features)
+    inner = kept_totals(totals, kept_idx).sum(-1)
+    return cosine(inner, totals.sum(-1), column_totals(features.take(kept_idx)).sum(-1)).float()
 
 
 def prefix_fidelity(features: Features, order: Tensor) -> Tensor:
@@ -113,7 +122,8 @@ def prefix_fidelity(features: Features, order: Tensor) -> Tensor:
     rows at a time, so all K prefixes cost one K×K Gram pass instead of K fidelities.
     """
     kept = features.take(order)
-    inner = column_sums(features, kept).cumsum(-1)
+    totals = column_totals(features)
+    inner = kept_totals(totals, order).cumsum(-1)
     b, k = order.shape
     lower = torch.zeros(b, k, dtype=torch.float64, device=order.device)
     for start, stop in _blocks(k, k, b):
@@ -121,4 +131,4 @@ def prefix_fidelity(features: Features, order: Tensor) -> Tensor:
         rows = torch.arange(start, stop, device=order.device)
         below = torch.arange(k, device=order.device)[None, :] < rows[:, None]
         lower[:, start:stop] = 2 * (block * below).sum(-1) + block[:, rows - start, rows]
-    return cosine(inner, squared_norm(features)[:, None], lower.cumsum(-1))
+    return cosine(inner, totals.sum(-1, keepdim=True), lower.cumsum(-1))

@@ -197,3 +197,33 @@ def test_dart_matches_pivot_rule(ref):
     got = iwp_ops.select_tokens(keys.float(), keys.float(), 10, method="dart", mask=mask, hidden=hidden,
                                 image_pivots=2, text_pivots=1, text_mask=torch.arange(24)[None] >= 20)
     assert got[0].tolist() == sorted(kept)
+
+
+@pytest.mark.parametrize("n", [1, 7, 30])
+def test_column_totals_equal_explicit_gram_column_sums(ref, n):
+    from iwp_ops.fidelity import column_totals, gram_features
+
+    keys, values = ref.make_kv(n, 2, 2, n, 5, key_scale=1.5)
+    mask = torch.ones(2, n, dtype=torch.bool)
+    mask[1, 1::3] = False
+    g = ref.gram(keys, values) * (mask[:, :, None] & mask[:, None, :])
+    got = column_totals(gram_features(keys.float(), values.float(), mask, "softmax"))
+    # gram_features shifts every term by one per-item constant; the ratios to the total are unshifted
+    torch.testing.assert_close(got / got.sum(-1, keepdim=True), g.sum(1) / g.sum((1, 2))[:, None], rtol=0, atol=1e-5)
+
+
+def test_kernel_terms_below_fp32_normal_range_are_exactly_zero():
+    from iwp_ops.scoring import pair_features
+
+    d = 4
+    keys = torch.zeros(1, 1, 3, d, dtype=torch.float64)
+    keys[0, 0, 1, 0] = 6.0 * d ** 0.25   # ‖k̂₀ − k̂₁‖²/2 = 18: term e^-18, kept
+    keys[0, 0, 2, 0] = -14.0 * d ** 0.25  # ‖k̂₀ − k̂₂‖²/2 = 98: e^-98 ≈ 3e-43, below fp32's normal range
+    values = torch.ones(1, 1, 3, d, dtype=torch.float64)
+    base, _ = pair_features(keys.float(), values.float())
+    got = base.pair(base)[0]
+    assert float(got[0, 2]) == 0.0 and float(got[2, 0]) == 0.0 and float(got[1, 2]) == 0.0
+    torch.testing.assert_close(got[0, 1].double(), torch.tensor(math.exp(-18.0), dtype=torch.float64), rtol=1e-5, atol=0)
+    torch.testing.assert_close(torch.diagonal(got), torch.ones(3))
+    dropped = base.with_logw(torch.tensor([[[0.0, float("-inf"), 0.0]]])).pair(base)[0]
+    assert bool((dropped[1] == 0).all())
