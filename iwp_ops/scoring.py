@@ -17,12 +17,12 @@ import torch
 from torch import Tensor
 
 HEAD_MODES = ("layer", "mean")
+NORMALISATIONS = ("log_minmax", "max")
 # Kernel terms below fp32's normal range are flushed to exactly 0 (-inf log weights must give 0).
 # Clamping first matters on CPU: torch's exp takes a slow path for inputs under about -87
 # (7x slower on a 2-core x86 for a typical mix), and most pairs of far-apart keys land there.
 _EXP_FLOOR = -87.0
 _TINY = math.exp(_EXP_FLOOR) * (1 + 1e-6)
-NORMALISATIONS = ("log_minmax", "max")
 
 
 @dataclass(frozen=True)
