@@ -6,7 +6,7 @@ and the stock image/video processors configured locally (the trained reference m
 `reference/model` is built the same way, by `reference.train`). They are saved with `save_pretrained` so that every caller goes
 through the real `from_pretrained` loading path.
 
-Architectures: `qwen2_5_vl` (the default), `qwen2_vl`, `llava_onevision`.
+Architectures: `qwen2_5_vl` (the default), `qwen2_vl`, `qwen3_vl`, `qwen3_vl_moe`, `llava_onevision`.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
-ARCHITECTURES = ("qwen2_5_vl", "qwen2_vl", "llava_onevision")
+ARCHITECTURES = ("qwen2_5_vl", "qwen2_vl", "qwen3_vl", "qwen3_vl_moe", "llava_onevision")
 
 WORDS = (
     "a an the image video of with and in on at is are shows showing there two three "
@@ -51,6 +51,8 @@ LLAVA_TEMPLATE = _chat_template("<image>", "<video>")
 
 # Patch 14 with 2x2 merging: one visual token per 28x28 pixels, as in real Qwen2.5-VL.
 QWEN_PIXELS = {"min_pixels": 28 * 28 * 4, "max_pixels": 28 * 28 * 256}
+# Qwen3-VL: patch 16, so one visual token per 32x32 pixels.
+QWEN3_SIZE = {"shortest_edge": 32 * 32 * 4, "longest_edge": 32 * 32 * 256}
 LLAVA_SIZE = 56
 
 
@@ -127,6 +129,38 @@ def qwen_model(arch: str, hidden: int, layers: int, *, vision: dict | None = Non
     return model_cls(config), processor
 
 
+def _qwen3_vl(hidden: int, layers: int, moe: bool = False):
+    """Qwen3-VL (`moe`: its mixture-of-experts variant): DeepStack (vision features from three
+    encoder depths added to the hidden states after decoder layers 0-2), q/k norms, interleaved
+    M-RoPE, and a text timestamp per video temporal patch."""
+    from transformers import (Qwen2VLImageProcessor, Qwen3VLConfig, Qwen3VLForConditionalGeneration,
+                              Qwen3VLMoeConfig, Qwen3VLMoeForConditionalGeneration, Qwen3VLProcessor,
+                              Qwen3VLVideoProcessor)
+
+    tokenizer = build_tokenizer()
+    ids = tokenizer.convert_tokens_to_ids
+    rope = {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3], "mrope_interleaved": True}
+    experts = {"num_local_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": hidden} if moe else {}
+    config_cls, model_cls = (Qwen3VLMoeConfig, Qwen3VLMoeForConditionalGeneration) if moe else \
+        (Qwen3VLConfig, Qwen3VLForConditionalGeneration)
+    config = config_cls(
+        text_config=_text_config(tokenizer, hidden, layers, head_dim=16, rope_parameters=rope, **experts),
+        vision_config={"depth": 3, "hidden_size": 32, "intermediate_size": 64, "num_heads": 2, "out_hidden_size": hidden,
+                       "deepstack_visual_indexes": [0, 1, 2], "num_position_embeddings": 64},
+        image_token_id=ids("<|image_pad|>"),
+        video_token_id=ids("<|video_pad|>"),
+        vision_start_token_id=ids("<|vision_start|>"),
+        vision_end_token_id=ids("<|vision_end|>"),
+    )
+    processor = Qwen3VLProcessor(
+        image_processor=Qwen2VLImageProcessor(patch_size=16, size=QWEN3_SIZE),
+        video_processor=Qwen3VLVideoProcessor(size=QWEN3_SIZE, fps=4),
+        tokenizer=tokenizer,
+        chat_template=QWEN_TEMPLATE,
+    )
+    return model_cls(config), processor
+
+
 def _llava_onevision(hidden: int, layers: int):
     from transformers import (LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration,
                               LlavaOnevisionImageProcessor, LlavaOnevisionProcessor, LlavaOnevisionVideoProcessor)
@@ -162,7 +196,12 @@ def build_tiny_model(out_dir: str | Path, *, arch: str = "qwen2_5_vl", seed: int
     if arch not in ARCHITECTURES:
         raise ValueError(f"arch must be one of {ARCHITECTURES}, got {arch!r}")
     torch.manual_seed(seed)
-    model, processor = _llava_onevision(hidden, layers) if arch == "llava_onevision" else qwen_model(arch, hidden, layers)
+    if arch == "llava_onevision":
+        model, processor = _llava_onevision(hidden, layers)
+    elif arch.startswith("qwen3_vl"):
+        model, processor = _qwen3_vl(hidden, layers, moe=arch == "qwen3_vl_moe")
+    else:
+        model, processor = qwen_model(arch, hidden, layers)
     tok = processor.tokenizer
     model.generation_config.pad_token_id = tok.pad_token_id
     model.generation_config.eos_token_id = tok.eos_token_id

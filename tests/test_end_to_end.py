@@ -102,6 +102,30 @@ def test_no_pruning_keeps_every_visual_token(tmp_path, media, tiny_model_dir, ra
     assert row["num_kept_tokens"] == row["num_visual_tokens"] == 128 and row["weight_fidelity"] is None
 
 
+def test_qwen3_vl_runs_the_whole_pipeline_pruned(tmp_path, media, ray_local):
+    """Qwen3-VL: its own processor (video timestamps, 32-px visual tokens) and DeepStack through
+    the same stages, pruned at K=1 so DeepStack's later layers run on the kept tokens."""
+    from reference.tiny_model import build_tiny_model
+
+    model = build_tiny_model(tmp_path / "qwen3", arch="qwen3_vl")
+    cfg = PipelineConfig(
+        input=write_manifest(tmp_path / "m.parquet", [{"id": "v", "uri": str(media["video"])},
+                                                     {"id": "img", "uri": str(media["image"])}]),
+        output=str(tmp_path / "out"),
+        model=ModelConfig(path=str(model)),
+        sampling=SamplingConfig(num_frames=4),
+        pruning=PruningConfig(layer=1),
+    )
+    run_pipeline(cfg)
+    rows = {r["id"]: r for r in read_results(cfg.output).to_pylist()}
+    assert {r["status"] for r in rows.values()} == {"ok"}, [r["error"] for r in rows.values()]
+    # 4 frames of 224x224 at 16 px patches, 2x2 merge, 2-frame temporal patches: 2 * 7 * 7 tokens
+    assert rows["v"]["num_visual_tokens"] == 98
+    for r in rows.values():
+        assert r["caption"].strip() and r["num_kept_tokens"] == round(0.222 * r["num_visual_tokens"])
+        assert 0.0 < r["weight_fidelity"] <= 1.0 + 1e-6
+
+
 def test_tagging_keeps_only_vocabulary_words(tmp_path, media, tiny_model_dir, ray_local):
     vocabulary = ("red", "green", "blue", "circle", "square", "two", "moving", "you", "the", "a")
     cfg = PipelineConfig(

@@ -8,7 +8,8 @@ How it works, for one `forward`/`generate` call:
    values — the projections of its normed input — selects with `iwp_ops.select_tokens`,
    and gathers the kept tokens (left-padded per batch row, so the last position stays the
    last token) together with their rotary rows (original positions are kept) and a new
-   padding mask. Layers >= K run, and fill their KV cache, on the kept sequence only.
+   padding mask. Layers >= K run, and fill their KV cache, on the kept sequence only
+   (so do Qwen3-VL's DeepStack additions after them, on the kept visual tokens).
 3. On every decode step, layers >= K get a causal mask built over their shorter cache;
    layers < K keep the full-length cache and masks the model builds itself, and they set
    the position counter, so decoding continues after the last original position.
@@ -56,6 +57,7 @@ class _Call:
     attention: Tensor
     embeddings: Tensor | None = None
     kept_mask: Tensor | None = None
+    order: Tensor | None = None
     rotary: tuple[Tensor, Tensor] | None = None
     layer_mask: Any = None
     overrides: dict[str, Any] = field(default_factory=dict)
@@ -180,6 +182,8 @@ class PruningHandle:
             if index >= layer:
                 self._originals[index] = module.forward
                 module.forward = self._wrapped(index, module, module.forward)
+        if self.family.deepstack:
+            self.language_model._deepstack_process = self._deepstack(self.language_model._deepstack_process)
 
     def _uninstall(self) -> None:
         for hook in self._hooks:
@@ -190,6 +194,7 @@ class PruningHandle:
             if module.forward is not original:
                 del module.forward
         self._originals = {}
+        self.language_model.__dict__.pop("_deepstack_process", None)
 
     def _on_model_call(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
         input_ids = kwargs.get("input_ids", args[0] if args else None)
@@ -228,6 +233,21 @@ class PruningHandle:
 
         return forward
 
+    def _deepstack(self, original: Any) -> Any:
+        """DeepStack after pruning: the visual-position mask and the feature rows (one per visual
+        token, batch rows in order) restricted to the kept tokens, in the kept sequence's order."""
+        def process(hidden_states: Tensor, visual_pos_masks: Tensor, visual_embeds: Tensor) -> Tensor:
+            call = self._call
+            if call is not None and call.order is not None:
+                visual = visual_pos_masks.to(call.order.device)
+                row = (visual.flatten().cumsum(0) - 1).view_as(visual)
+                kept = visual.gather(1, call.order) & call.kept_mask[:, :call.order.shape[1]]
+                visual_embeds = visual_embeds[row.gather(1, call.order)[kept].to(visual_embeds.device)]
+                visual_pos_masks = kept
+            return original(hidden_states, visual_pos_masks, visual_embeds)
+
+        return process
+
     def _budgets(self, call: _Call, keys: Tensor, values: Tensor, options: dict[str, Any]) -> Tensor:
         s = self.settings
         counts = call.visual.sum(-1)
@@ -249,8 +269,8 @@ class PruningHandle:
         model trained with pruning on still gets gradients in the layers below K.
         """
         with torch.no_grad():
-            order = self._select(call, layer, hidden, kwargs)
-        return _gather_tokens(hidden, order)
+            call.order = self._select(call, layer, hidden, kwargs)
+        return _gather_tokens(hidden, call.order)
 
     def _select(self, call: _Call, layer: nn.Module, hidden: Tensor, kwargs: dict[str, Any]) -> Tensor:
         """Score and select; set up the rotary rows and masks of the kept sequence; return the gather order."""

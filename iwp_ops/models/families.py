@@ -18,6 +18,7 @@ from torch import nn
 class Family:
     name: str
     architectures: tuple[str, ...]
+    deepstack: bool = False  # the text model adds vision features at the visual positions of its first layers
 
     def matches(self, model: nn.Module) -> bool:
         return type(model).__name__ in self.architectures
@@ -34,11 +35,13 @@ class Family:
 def family_of(model: nn.Module) -> Family:
     from .llava_onevision import FAMILY as LLAVA_ONEVISION
     from .qwen2_vl import FAMILY as QWEN2_VL
+    from .qwen3_vl import FAMILY as QWEN3_VL
 
-    for family in (QWEN2_VL, LLAVA_ONEVISION):
+    families = (QWEN2_VL, QWEN3_VL, LLAVA_ONEVISION)
+    for family in families:
         if family.matches(model):
             return family
     raise ValueError(
         f"pruning does not support {type(model).__name__}; supported: "
-        f"{', '.join(QWEN2_VL.architectures + LLAVA_ONEVISION.architectures)}"
+        f"{', '.join(a for f in families for a in f.architectures)}"
     )

@@ -5,9 +5,7 @@ Positions: the model computes 3-D M-RoPE positions (t, h, w) from the unpruned
 sequence in `get_rope_index` and caches `rope_deltas`; pruning happens inside the
 decoder after the rotary tables were built, so each kept token keeps its original
 position (its cos/sin rows are gathered) and decoding continues after the last original
-position through the unchanged `rope_deltas`. Qwen3-VL is not supported: its DeepStack
-adds visual features into the hidden states of the first decoder layers at the visual
-positions, which this prune-at-layer-K mechanism would have to re-index.
+position through the unchanged `rope_deltas`.
 """
 
 from .families import Family

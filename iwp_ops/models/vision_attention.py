@@ -1,8 +1,8 @@
-"""One attention call per vision block instead of one per window, for Qwen2-VL / Qwen2.5-VL with SDPA.
+"""One attention call per vision block instead of one per segment, for Qwen2-VL / Qwen2.5-VL / Qwen3-VL with SDPA.
 
 The vision encoder is not pruned, so its speed bounds what pruning can gain. transformers
 runs its variable-length attention (Qwen2.5-VL: windows of up to 8x8 patches, and whole
-frames in the full-attention blocks; Qwen2-VL: whole frames) as one call per segment
+frames in the full-attention blocks; Qwen2-VL and Qwen3-VL: whole frames) as one call per segment
 unless FlashAttention is installed: a 16-frame 336x336 video makes ~2,000 calls per
 forward, ~2,000 per item in a batch, and on an H200 the encoder then took 71 % of the
 7B prefill's time for 28 % of its FLOPs (benchmarks/results/h200/). Here the segments are
@@ -24,7 +24,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .qwen2_vl import FAMILY as QWEN2_VL
+from .qwen3_vl import FAMILY as QWEN3_VL
+
 NAME = "iwp_packed_sdpa_flash_api"
+ARCHITECTURES = QWEN2_VL.architectures + QWEN3_VL.architectures
 
 
 def packed_attention(module: nn.Module, query: Tensor, key: Tensor, value: Tensor, attention_mask: Tensor | None = None,
@@ -51,7 +55,7 @@ def packed_attention(module: nn.Module, query: Tensor, key: Tensor, value: Tenso
 
 
 def pack_vision_attention(model: nn.Module) -> bool:
-    """Route a Qwen2-VL / Qwen2.5-VL vision encoder that runs SDPA through `packed_attention`.
+    """Route a Qwen2-VL / Qwen2.5-VL / Qwen3-VL vision encoder that runs SDPA through `packed_attention`.
 
     Returns False (and changes nothing) for other models and other attention implementations:
     FlashAttention already takes the segments in one call, and eager is kept for debugging.
@@ -59,7 +63,7 @@ def pack_vision_attention(model: nn.Module) -> bool:
     from transformers import AttentionInterface
 
     config = getattr(getattr(model, "config", None), "vision_config", None)
-    if type(model).__name__ not in ("Qwen2VLForConditionalGeneration", "Qwen2_5_VLForConditionalGeneration") \
+    if type(model).__name__ not in ARCHITECTURES \
             or config is None or config._attn_implementation not in ("sdpa", NAME):
         return False
     AttentionInterface.register(NAME, packed_attention)

@@ -1,4 +1,4 @@
-"""Qwen2-VL / Qwen2.5-VL patch embedding as one matrix product instead of a 3-D convolution.
+"""Qwen2-VL / Qwen2.5-VL / Qwen3-VL patch embedding as one matrix product instead of a 3-D convolution.
 
 The processor hands the vision encoder its patches already flattened, ``[patches, C·T·P·P]``.
 transformers reshapes them to ``[patches, C, T, P, P]`` and runs a Conv3d whose kernel equals its
@@ -15,7 +15,10 @@ import types
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-FAMILIES = ("Qwen2VLForConditionalGeneration", "Qwen2_5_VLForConditionalGeneration")
+from .qwen2_vl import FAMILY as QWEN2_VL
+from .qwen3_vl import FAMILY as QWEN3_VL
+
+ARCHITECTURES = QWEN2_VL.architectures + QWEN3_VL.architectures
 
 
 def _linear_forward(self: nn.Module, hidden_states: Tensor) -> Tensor:
@@ -25,11 +28,11 @@ def _linear_forward(self: nn.Module, hidden_states: Tensor) -> Tensor:
 
 
 def flatten_patch_embedding(model: nn.Module) -> bool:
-    """Run a Qwen2-VL / Qwen2.5-VL patch embedding as a matrix product; False (nothing changed) for
+    """Run a Qwen2-VL / Qwen2.5-VL / Qwen3-VL patch embedding as a matrix product; False (nothing changed) for
     other models, or for a patch embedding that is not a Conv3d with stride equal to its kernel."""
     embed = getattr(getattr(getattr(model, "model", None), "visual", None), "patch_embed", None)
     proj = getattr(embed, "proj", None)
-    if type(model).__name__ not in FAMILIES or not isinstance(proj, nn.Conv3d) \
+    if type(model).__name__ not in ARCHITECTURES or not isinstance(proj, nn.Conv3d) \
             or tuple(proj.kernel_size) != tuple(proj.stride) or any(proj.padding) or proj.groups != 1:
         return False
     embed.forward = types.MethodType(_linear_forward, embed)

@@ -10,7 +10,7 @@ from transformers import AutoModelForImageTextToText, AutoProcessor
 from iwp_ops import METHODS, enable_pruning
 from reference.tiny_model import build_tiny_model
 
-FAMILIES = ("qwen2_5_vl", "qwen2_vl", "llava_onevision")
+FAMILIES = ("qwen2_5_vl", "qwen2_vl", "qwen3_vl", "qwen3_vl_moe", "llava_onevision")
 
 
 @pytest.fixture(scope="module", params=FAMILIES)
@@ -222,3 +222,56 @@ def test_rotary_keys_off_scores_with_the_same_keys_before_rotation(family, monke
     rotated, raw = seen
     assert torch.allclose(rotated.norm(dim=-1), raw.norm(dim=-1), rtol=1e-4, atol=1e-5)
     assert not torch.allclose(rotated, raw, atol=1e-3)
+
+
+def test_qwen3_vl_deepstack_features_follow_the_kept_tokens(tmp_path, monkeypatch):
+    """Qwen3-VL adds DeepStack features at the visual positions after decoder layers 0-2. Pruned at
+    K=1, layers 1 and 2 must add to each kept token its own feature row, at its place in the kept
+    (left-padded) sequence; layer 0 still sees the full sequence."""
+    import iwp_ops.models.base as base
+
+    path = build_tiny_model(tmp_path, arch="qwen3_vl")
+    model = AutoModelForImageTextToText.from_pretrained(path, local_files_only=True).eval()
+    processor = AutoProcessor.from_pretrained(path, local_files_only=True)
+    batch = encode(processor, MIXED)
+    text_model = type(model.model.language_model)
+    calls, selections = [], []
+    deepstack, select = text_model._deepstack_process, base.select_tokens
+
+    def deepstack_spy(self, hidden, mask, embeds):
+        calls.append((hidden.shape[:2], mask.clone(), embeds.clone()))
+        return deepstack(self, hidden, mask, embeds)
+
+    def select_spy(*args, **kwargs):
+        selections.append(select(*args, **kwargs))
+        return selections[-1]
+
+    monkeypatch.setattr(text_model, "_deepstack_process", deepstack_spy)
+    monkeypatch.setattr(base, "select_tokens", select_spy)
+    with torch.no_grad():
+        model(**batch)
+        full = [embeds for _, _, embeds in calls]
+        visual = calls[0][1]
+        calls.clear()
+        handle = enable_pruning(model, layer=1, keep_ratio=0.3)
+        try:
+            model(**batch)
+        finally:
+            handle.remove()
+    assert len(calls) == 3 and torch.equal(calls[0][1], visual) and torch.equal(calls[0][2], full[0])
+
+    attention = batch["attention_mask"].bool()
+    rows, flags = [], []
+    for b in range(len(MIXED)):
+        kept = sorted(p for p in selections[0][b].tolist() if p >= 0)
+        before = int(visual[:b].sum())
+        rows += [before + int(visual[b, :p].sum()) for p in kept]
+        sequence = sorted(set(kept) | {p for p in range(visual.shape[1]) if attention[b, p] and not visual[b, p]})
+        flags.append([p in kept for p in sequence])
+    length = max(len(f) for f in flags)
+    expected_mask = torch.tensor([[False] * (length - len(f)) + f for f in flags])
+    for layer in (1, 2):
+        shape, mask, embeds = calls[layer]
+        assert tuple(shape) == (len(MIXED), length)
+        assert torch.equal(mask, expected_mask)
+        torch.testing.assert_close(embeds, full[layer][rows], rtol=0, atol=0)

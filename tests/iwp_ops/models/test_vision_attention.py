@@ -11,7 +11,7 @@ from iwp_ops.models.vision_attention import NAME, pack_vision_attention, packed_
 from reference.tiny_model import build_tiny_model
 
 
-@pytest.fixture(scope="module", params=("qwen2_5_vl", "qwen2_vl"))
+@pytest.fixture(scope="module", params=("qwen2_5_vl", "qwen2_vl", "qwen3_vl"))
 def qwen(request, tmp_path_factory):
     path = build_tiny_model(tmp_path_factory.mktemp(request.param), arch=request.param)
     load = lambda: AutoModelForImageTextToText.from_pretrained(path, local_files_only=True).eval()  # noqa: E731
