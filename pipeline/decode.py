@@ -1,7 +1,8 @@
 """Decode media into uint8 RGB frames on CPU workers: decord for video, PIL for images.
 
-Each row gets `frames` (packed uint8 [T, H, W, 3]; images have T = 1) and `fps`, or is
-marked failed with the reason. Nothing here raises for one bad item.
+Each row gets `frames` (packed uint8 [T, H, W, 3]; images have T = 1) and `fps`, the rate of
+those frames (the source rate over the sampling stride: the processor turns it into temporal
+positions), or is marked failed with the reason. Nothing here raises for one bad item.
 """
 
 from __future__ import annotations
@@ -79,7 +80,9 @@ def decode_video(uri: str, cfg: SamplingConfig, start_s: float | None, end_s: fl
     if max(height, width) > cfg.max_side:
         h, w = _scaled(height, width, cfg.max_side)
         probe = _open_video(uri, width=w, height=h)
-    return probe.get_batch(list(indices)).asnumpy(), fps
+    spread = int(indices[-1] - indices[0])
+    rate = fps * (len(indices) - 1) / spread if spread > 0 else fps
+    return probe.get_batch(list(indices)).asnumpy(), rate
 
 
 def decode_image(uri: str, cfg: SamplingConfig) -> np.ndarray:

@@ -15,9 +15,9 @@ from reference.scenes import make_scene
 from reference.train import model_inputs
 
 MODEL = default_model_path()
-# On the scenes below the shipped model scored 0.96 (image) and 1.0 (video) caption attribute
-# accuracy with IWP at 22.2 %, against 0.98 / 1.0 unpruned. The model it replaced (trained on a CPU
-# for 1,800 smaller steps, commit a9a31a6) scored 0.85 / 0.77 there, and 0.87 / 0.80 unpruned, so
+# On the scenes below the shipped model scored 0.98 (image) and 1.0 (video) caption attribute
+# accuracy with IWP at 22.2 %, the same as unpruned. The model trained on a CPU before it
+# (1,800 smaller steps, commit a9a31a6) scored 0.85 / 0.77 there, and 0.87 / 0.80 unpruned, so
 # the floors tell the two apart.
 IMAGE_PRUNED_FLOOR, VIDEO_PRUNED_FLOOR = 0.9, 0.9
 
@@ -55,7 +55,7 @@ def held_out(processor, media: str, task: str, count: int) -> tuple[list, list[I
 def test_answers_held_out_scenes(loaded, media, task, count, floor):
     """Random weights score ~0 here (no parsable object, no known tag). On these scenes the shipped
     model scored 0.98 / 1.0 caption attribute accuracy (image / video) and 1.0 / 1.0 tag F1 (the
-    model it replaced 0.87 / 0.80 and 0.93 / 0.92); the floors leave room for numerical differences
+    CPU-trained model 0.87 / 0.80 and 0.93 / 0.92); the floors leave room for numerical differences
     between machines."""
     model, processor = loaded
     scenes, items = held_out(processor, media, task, count)
