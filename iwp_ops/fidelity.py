@@ -64,7 +64,7 @@ def gram_features(keys: Tensor, values: Tensor, mask: Tensor, kernel: str) -> Fe
 
 
 def _blocks(count: int, per_row: int, batch: int, parts: int = 1) -> list[tuple[int, int]]:
-    """Row ranges of at least ``parts`` blocks (fewer only if count is smaller) within the memory cap."""
+    """Row ranges of at most ``parts`` blocks of equal size (more where the memory cap needs it)."""
     step = max(1, min(_BLOCK_ELEMENTS // max(1, batch * per_row), -(-count // parts)))
     return [(start, min(count, start + step)) for start in range(0, count, step)]
 
@@ -73,7 +73,7 @@ def column_totals(features: Features) -> Tensor:
     """``cⱼ = Σᵢ G[i, j]`` over all tokens, ``[B, N]`` in float64.
 
     G is symmetric, so only the blocks of rows against the columns from their own first row
-    on are formed (with 8 blocks, 56 % of the pairs): each adds its column sums to its
+    on are formed (with 8 equal blocks, 56 % of the pairs): each adds its column sums to its
     columns and, right of the diagonal, its row sums to its own rows.
     """
     b, _, n, _ = features.keys.shape

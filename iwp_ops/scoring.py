@@ -18,7 +18,8 @@ from torch import Tensor
 
 HEAD_MODES = ("layer", "mean")
 NORMALISATIONS = ("log_minmax", "max")
-# Kernel terms below fp32's normal range are flushed to exactly 0 (-inf log weights must give 0).
+# Kernel terms at or below exp(-87), the bottom of fp32's normal range, are flushed to exactly 0
+# (-inf log weights must give 0).
 # Clamping first matters on CPU: torch's exp takes a slow path for inputs under about -87
 # (7x slower on a 2-core x86 for a typical mix), and most pairs of far-apart keys land there.
 _EXP_FLOOR = -87.0

@@ -102,6 +102,7 @@ class PruningHandle:
         self._call: _Call | None = None
         self._originals: dict[int, Any] = {}
         self._hooks: list[Any] = []
+        self._deepstack_wrapper: Any = None
         self.configure(**settings)
         self._install()
 
@@ -183,7 +184,8 @@ class PruningHandle:
                 self._originals[index] = module.forward
                 module.forward = self._wrapped(index, module, module.forward)
         if self.family.deepstack:
-            self.language_model._deepstack_process = self._deepstack(self.language_model._deepstack_process)
+            self._deepstack_wrapper = self._deepstack(self.language_model._deepstack_process)
+            self.language_model._deepstack_process = self._deepstack_wrapper
 
     def _uninstall(self) -> None:
         for hook in self._hooks:
@@ -194,7 +196,10 @@ class PruningHandle:
             if module.forward is not original:
                 del module.forward
         self._originals = {}
-        self.language_model.__dict__.pop("_deepstack_process", None)
+        wrapper = self._deepstack_wrapper
+        if wrapper is not None and self.language_model.__dict__.get("_deepstack_process") is wrapper:
+            del self.language_model._deepstack_process
+        self._deepstack_wrapper = None
 
     def _on_model_call(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
         input_ids = kwargs.get("input_ids", args[0] if args else None)

@@ -8,6 +8,10 @@ DeepStack: the text model adds vision features taken from three encoder depths t
 states at the visual positions after each of its first decoder layers. Where those layers come
 at or after K, they must see the kept sequence: `base.py` re-indexes the visual-position mask
 and the feature rows to the kept tokens (the features of pruned tokens are dropped with them).
+
+Not supported: the MoE variant's router-logit output (`output_router_logits=True`, for the
+load-balancing loss in training) with pruning on: layers >= K route the kept sequence, while
+transformers' loss masks the router logits with the full-length attention mask.
 """
 
 from .families import Family

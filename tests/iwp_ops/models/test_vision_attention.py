@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from transformers import AutoModelForImageTextToText, AutoProcessor
+from transformers import AttentionInterface, AutoModelForImageTextToText, AutoProcessor
 
 from iwp_ops.models.vision_attention import NAME, pack_vision_attention, packed_attention
 from reference.tiny_model import build_tiny_model
@@ -50,13 +50,25 @@ def test_packed_vision_gives_the_same_features_and_tokens(qwen):
     assert pack_vision_attention(packed)
     assert packed.config.vision_config._attn_implementation == NAME
     assert packed.config.text_config._attn_implementation == stock.config.text_config._attn_implementation
-    with torch.no_grad():
-        for key, grid in (("pixel_values", "image_grid_thw"), ("pixel_values_videos", "video_grid_thw")):
-            a = stock.model.visual(batch[key], grid_thw=batch[grid]).pooler_output
-            b = packed.model.visual(batch[key], grid_thw=batch[grid]).pooler_output
-            torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5)
-        gen = dict(max_new_tokens=4, min_new_tokens=4, do_sample=False)
-        assert torch.equal(packed.generate(**batch, **gen), stock.generate(**batch, **gen))
+    calls = []
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs["cu_seq_lens_q"].numel() - 1)
+        return packed_attention(*args, **kwargs)
+
+    AttentionInterface.register(NAME, spy)
+    try:
+        with torch.no_grad():
+            for key, grid in (("pixel_values", "image_grid_thw"), ("pixel_values_videos", "video_grid_thw")):
+                a = stock.model.visual(batch[key], grid_thw=batch[grid]).pooler_output
+                b = packed.model.visual(batch[key], grid_thw=batch[grid]).pooler_output
+                torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5)
+            gen = dict(max_new_tokens=4, min_new_tokens=4, do_sample=False)
+            assert torch.equal(packed.generate(**batch, **gen), stock.generate(**batch, **gen))
+    finally:
+        AttentionInterface.register(NAME, packed_attention)
+    # one packed call per vision block and forward, each over several segments
+    assert len(calls) >= 2 * packed.config.vision_config.depth and max(calls) > 1
 
 
 def test_other_models_and_implementations_are_left_alone(qwen, tmp_path):
