@@ -10,8 +10,8 @@ Public API:
 - ``information_duplication(keys, values, rows, cols, *, heads="layer")``
 - ``enable_pruning(model, method="iwp", keep_ratio=0.222, layer=2, **options)``: prune inside a
   loaded transformers VLM (``iwp_ops.models``; the only part that touches transformers).
-- ``pack_vision_attention(model)``: a Qwen2-VL / Qwen2.5-VL vision encoder on SDPA runs one
-  attention call per block instead of one per window (the unpruned part of the prefill).
+- ``pack_vision_attention(model)``: a Qwen2-VL / Qwen2.5-VL / Qwen3-VL vision encoder on SDPA runs one
+  attention call per block instead of one per window or frame (the unpruned part of the prefill).
 - ``flatten_patch_embedding(model)``: their patch embedding as one matrix product, not a Conv3d.
 - ``METHODS``: the names ``select_tokens`` accepts for ``method``.
 """
