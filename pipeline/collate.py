@@ -9,9 +9,19 @@ import numpy as np
 import torch
 
 MEDIA_KEYS = {
-    "image": ("pixel_values", "image_grid_thw"),
+    "image": ("pixel_values", "image_grid_thw", "image_sizes", "batch_num_images"),
     "video": ("pixel_values_videos", "video_grid_thw", "second_per_grid_ts"),
 }
+
+
+def _stack_images(parts: list[np.ndarray]) -> np.ndarray:
+    """LLaVA-OneVision gives each image ``[1, patches, C, H, W]`` with as many crops as its aspect
+    needs; the model trims each back to its own count (from ``image_sizes``), so shorter ones are
+    zero-padded, as its processor pads them within one call. Qwen's flat patches just concatenate."""
+    if parts[0].ndim == 5 and len({p.shape[1] for p in parts}) > 1:
+        most = max(p.shape[1] for p in parts)
+        parts = [np.pad(p, [(0, 0), (0, most - p.shape[1])] + [(0, 0)] * 3) for p in parts]
+    return np.concatenate(parts)
 
 
 def collate(items: list[dict[str, np.ndarray]], pad_id: int, device: torch.device, dtype: torch.dtype) -> dict[str, torch.Tensor]:
@@ -26,6 +36,6 @@ def collate(items: list[dict[str, np.ndarray]], pad_id: int, device: torch.devic
         for key in keys:
             parts = [x[key] for x in items if key in x]
             if parts:
-                tensor = torch.from_numpy(np.concatenate(parts))
+                tensor = torch.from_numpy(_stack_images(parts) if key == "pixel_values" else np.concatenate(parts))
                 batch[key] = tensor.to(device, dtype if tensor.is_floating_point() and key.startswith("pixel") else None)
     return batch

@@ -1,0 +1,41 @@
+"""Model batches from separately preprocessed items generate what each item generates alone."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoModelForImageTextToText
+
+from pipeline.collate import collate
+from pipeline.preprocess import build_inputs, load_processor
+from reference.tiny_model import build_tiny_model
+
+RNG = np.random.default_rng(0)
+# Different aspects: LLaVA-OneVision crops them into different numbers of patches.
+ITEMS = [("image", RNG.integers(0, 255, (1, 64, 150, 3), dtype=np.uint8)),
+         ("video", RNG.integers(0, 255, (4, 64, 96, 3), dtype=np.uint8)),
+         ("image", RNG.integers(0, 255, (1, 60, 60, 3), dtype=np.uint8)),
+         ("video", RNG.integers(0, 255, (4, 96, 64, 3), dtype=np.uint8))]
+
+
+@pytest.mark.parametrize("arch", ["llava_onevision", "qwen2_5_vl", "qwen3_vl"])
+def test_a_mixed_batch_generates_what_each_item_generates_alone(tmp_path, arch):
+    path = str(build_tiny_model(tmp_path, arch=arch))
+    processor = load_processor(path)
+    model = AutoModelForImageTextToText.from_pretrained(path, local_files_only=True).eval()
+    inputs = [build_inputs(processor, frames, kind, "describe this", 4.0 if kind == "video" else 0.0)
+              for kind, frames in ITEMS]
+    if arch == "llava_onevision":
+        patches = {x["pixel_values"].shape[1] for x in inputs if "pixel_values" in x}
+        assert len(patches) == 2, "the two images should need different numbers of crops"
+
+    def run(items):
+        batch = collate(items, processor.tokenizer.pad_token_id, torch.device("cpu"), torch.float32)
+        with torch.no_grad():
+            out = model.generate(**batch, max_new_tokens=4, min_new_tokens=4, do_sample=False)
+        return out[:, -4:]
+
+    together = run(inputs)
+    for i, x in enumerate(inputs):
+        assert torch.equal(run([x])[0], together[i]), (arch, i)
