@@ -24,6 +24,14 @@ def _stack_images(parts: list[np.ndarray]) -> np.ndarray:
     return np.concatenate(parts)
 
 
+def stack_key(inputs: dict[str, np.ndarray]) -> tuple[int, ...]:
+    """Items with different keys cannot share a model batch: LLaVA-OneVision stacks a video's
+    frames (``[1, frames, C, H, W]``), so its videos batch only with equal frame counts and sizes.
+    Qwen's flat patches stack whatever their count (key ``()``)."""
+    videos = inputs.get("pixel_values_videos")
+    return tuple(videos.shape[1:]) if videos is not None and videos.ndim == 5 else ()
+
+
 def collate(items: list[dict[str, np.ndarray]], pad_id: int, device: torch.device, dtype: torch.dtype) -> dict[str, torch.Tensor]:
     """Left-pad the token sequences and concatenate the visual inputs in item order."""
     width = max(len(x["input_ids"]) for x in items)

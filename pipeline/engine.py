@@ -17,7 +17,7 @@ import torch
 from transformers import LogitsProcessor, LogitsProcessorList
 
 from pipeline.batching import pack_by_tokens
-from pipeline.collate import collate
+from pipeline.collate import collate, stack_key
 from pipeline.config import PipelineConfig, PruningConfig
 from pipeline.metrics import labels, stage_metrics
 from pipeline.preprocess import load_processor
@@ -115,6 +115,7 @@ class ModelEngine:
             [len(x["input_ids"]) for x in inputs],
             self.cfg.batching.max_batch_size,
             self.cfg.batching.max_batch_tokens,
+            groups=[stack_key(x) for x in inputs],
         )
         for group in packs:
             self._run([ready[i] for i in group], [inputs[i] for i in group])

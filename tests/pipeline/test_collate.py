@@ -39,3 +39,12 @@ def test_a_mixed_batch_generates_what_each_item_generates_alone(tmp_path, arch):
     together = run(inputs)
     for i, x in enumerate(inputs):
         assert torch.equal(run([x])[0], together[i]), (arch, i)
+
+
+def test_stack_key_separates_only_stacked_videos_of_different_shapes():
+    from pipeline.collate import stack_key
+
+    llava = [{"pixel_values_videos": np.zeros((1, frames, 3, 56, 56), np.float32)} for frames in (4, 4, 2)]
+    assert stack_key(llava[0]) == stack_key(llava[1]) != stack_key(llava[2])
+    qwen = [{"pixel_values_videos": np.zeros((patches, 1176), np.float32)} for patches in (128, 64)]
+    assert stack_key(qwen[0]) == stack_key(qwen[1]) == stack_key({"pixel_values": np.zeros((1, 5, 3, 56, 56))}) == ()
