@@ -102,11 +102,12 @@ def test_no_pruning_keeps_every_visual_token(tmp_path, media, tiny_model_dir, ra
     assert row["num_kept_tokens"] == row["num_visual_tokens"] == 128 and row["weight_fidelity"] is None
 
 
-@pytest.mark.parametrize("arch,video_tokens", [("qwen3_vl", 98), ("llava_onevision", None)])
+@pytest.mark.parametrize("arch,video_tokens", [("qwen3_vl", 98), ("llava_onevision", 17)])
 def test_other_families_run_the_whole_pipeline_pruned(tmp_path, media, ray_local, arch, video_tokens):
     """Qwen3-VL: its own processor (video timestamps, 32-px visual tokens) and DeepStack through
     the same stages, pruned at K=1 so DeepStack's later layers run on the kept tokens.
-    LLaVA-OneVision: per-image crop stacks and image sizes, batched by `pipeline.collate`."""
+    LLaVA-OneVision: its image sizes and crop stacks through `pipeline.collate` (padding crop stacks
+    of different counts is tested in tests/pipeline/test_collate.py)."""
     from reference.tiny_model import build_tiny_model
 
     model = build_tiny_model(tmp_path / arch, arch=arch)
@@ -121,8 +122,9 @@ def test_other_families_run_the_whole_pipeline_pruned(tmp_path, media, ray_local
     run_pipeline(cfg)
     rows = {r["id"]: r for r in read_results(cfg.output).to_pylist()}
     assert {r["status"] for r in rows.values()} == {"ok"}, [r["error"] for r in rows.values()]
-    # Qwen3-VL: 4 frames of 224x224 at 16 px patches, 2x2 merge, 2-frame temporal patches: 2 * 7 * 7
-    assert video_tokens is None or rows["v"]["num_visual_tokens"] == video_tokens
+    # Qwen3-VL: 4 frames of 224x224 at 16 px patches, 2x2 merge, 2-frame temporal patches: 2 * 7 * 7.
+    # LLaVA-OneVision: 4 frames, each 2x2 tokens after its 2x pooling of the 4x4 patch grid, + 1 newline
+    assert rows["v"]["num_visual_tokens"] == video_tokens
     for r in rows.values():
         assert r["caption"].strip() and r["num_kept_tokens"] == round(0.222 * r["num_visual_tokens"])
         assert 0.0 < r["weight_fidelity"] <= 1.0 + 1e-6

@@ -33,12 +33,15 @@ def test_a_mixed_batch_generates_what_each_item_generates_alone(tmp_path, arch):
     def run(items):
         batch = collate(items, processor.tokenizer.pad_token_id, torch.device("cpu"), torch.float32)
         with torch.no_grad():
+            last = model(**batch).logits[:, -1]  # left padded: every row's own last token
             out = model.generate(**batch, max_new_tokens=4, min_new_tokens=4, do_sample=False)
-        return out[:, -4:]
+        return last, out[:, -4:]
 
-    together = run(inputs)
+    logits, tokens = run(inputs)
     for i, x in enumerate(inputs):
-        assert torch.equal(run([x])[0], together[i]), (arch, i)
+        alone_logits, alone_tokens = run([x])
+        torch.testing.assert_close(logits[i], alone_logits[0], rtol=1e-4, atol=1e-4)
+        assert torch.equal(alone_tokens[0], tokens[i]), (arch, i)
 
 
 def test_stack_key_separates_only_stacked_videos_of_different_shapes():
