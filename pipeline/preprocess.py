@@ -31,8 +31,9 @@ def build_inputs(processor, frames: np.ndarray, media_type: str, prompt: str, fp
     text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
     if media_type == "video":
         media = {"videos": [frames], "do_sample_frames": False, "cap_pixels_per_frame": True}
-        if fps > 0:  # the frames' own rate: Qwen2.5-VL's seconds per temporal patch, Qwen3-VL's timestamps
-            media["fps"] = fps
+        # The frames' own rate, as metadata: transformers 5.24 ignores an `fps` keyword for pre-sampled
+        # frames. Qwen2.5-VL's seconds per temporal patch and Qwen3-VL's timestamps come from it.
+        if fps > 0:
             media["video_metadata"] = [{"fps": fps, "total_num_frames": len(frames), "frames_indices": list(range(len(frames)))}]
     else:
         media = {"images": [frames[0]]}

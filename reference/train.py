@@ -378,8 +378,7 @@ def main(argv: list[str] | None = None) -> None:
                     video_batch=args.video_batch, video_every=args.video_every, aux_weight=args.aux_weight,
                     pointer_weight=args.pointer_weight, prune_from=args.prune_from, prune_share=args.prune_share,
                     init=args.init, first_scene=args.first_scene, stop_after=args.stop_after, device=args.device,
-                    checkpoint_every=args.checkpoint_every,
-                    workers=args.workers)
+                    checkpoint_every=args.checkpoint_every, workers=args.workers)
     print(f"saved {args.out} after {summary['steps_done']} steps, {summary['train_seconds'] / 60:.1f} min; "
           f"final loss {summary['log'][-1]['loss']:.4f}")
 

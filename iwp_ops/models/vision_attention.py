@@ -28,6 +28,8 @@ from .qwen2_vl import FAMILY as QWEN2_VL
 from .qwen3_vl import FAMILY as QWEN3_VL
 
 NAME = "iwp_packed_sdpa_flash_api"
+# The Qwen vision towers: segment attention here, and the Conv3d patch embedding that
+# `vision_patch_embed` flattens.
 ARCHITECTURES = QWEN2_VL.architectures + QWEN3_VL.architectures
 
 

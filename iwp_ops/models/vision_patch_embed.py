@@ -15,10 +15,7 @@ import types
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .qwen2_vl import FAMILY as QWEN2_VL
-from .qwen3_vl import FAMILY as QWEN3_VL
-
-ARCHITECTURES = QWEN2_VL.architectures + QWEN3_VL.architectures
+from .vision_attention import ARCHITECTURES
 
 
 def _linear_forward(self: nn.Module, hidden_states: Tensor) -> Tensor:
