@@ -8,8 +8,13 @@ alone, packed as the pipeline runs it, with torch.profiler: device time per oper
 the patch embedding), the operators that took most, and the achieved FLOP rate against the
 FLOP count of `bench_model.vision_flops`.
 
+It also times the whole encoder with each way of running its segment attention, in one process:
+transformers' call per segment, `packed_attention`'s padded call, and on a CUDA GPU its
+FlashAttention variable-length call (the pipeline's choice there); and, with ``--compile``, the
+blocks under ``torch.compile`` (a measurement only: the pipeline does not compile).
+
 Usage: ``python benchmarks/profile_vision.py [--device cpu|cuda] [--config mid|7b]
-[--frames 64] [--video-size 392x392] [--repeats 3] [--out PATH]``
+[--frames 64] [--video-size 392x392] [--repeats 3] [--compile] [--out PATH]``
 """
 
 from __future__ import annotations
@@ -66,6 +71,41 @@ def profile_encoder(model, encoded, device, repeats: int) -> dict:
     return {"seconds": sorted(seconds)[len(seconds) // 2], "seconds_all": seconds, "ops": ops}
 
 
+def time_attention_variants(model, encoded, device, repeats: int, compile_blocks: bool) -> dict:
+    """The encoder's median seconds with each segment-attention path (see the module docstring);
+    leaves the model as the pipeline runs it."""
+    import torch
+
+    from iwp_ops.models import vision_attention
+
+    visual = model.model.visual
+    pixels = encoded["pixel_values_videos"].to(device, next(visual.parameters()).dtype)
+    grid = encoded["video_grid_thw"].to(device)
+    config = visual.config
+
+    def seconds() -> dict:
+        with torch.inference_mode():
+            visual(pixels, grid_thw=grid)
+            runs = [timed(lambda: visual(pixels, grid_thw=grid), device) for _ in range(repeats)]
+        return {"seconds": sorted(runs)[len(runs) // 2], "seconds_all": runs}
+
+    out = {}
+    config._attn_implementation = "sdpa"
+    out["per-segment loop"] = seconds()
+    config._attn_implementation = vision_attention.NAME
+    vision_attention.FLASH_VARLEN = False
+    out["padded"] = seconds()
+    vision_attention.FLASH_VARLEN = True
+    if device.type == "cuda":
+        out["flash varlen"] = seconds()
+    if compile_blocks:
+        for block in visual.blocks:
+            block.compile(dynamic=True)
+        start = timed(lambda: visual(pixels, grid_thw=grid), device)
+        out["compiled blocks"] = {**seconds(), "first_call_s": start}
+    return out
+
+
 def time_patch_embedding(model, encoded, device, repeats: int = 20) -> dict:
     """The model's patch embedding alone, as it runs now: median and fastest seconds of `repeats`
     runs after a warm-up."""
@@ -100,6 +140,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--patch-embed", choices=("linear", "conv"), default="linear",
                     help="linear: iwp_ops.flatten_patch_embedding, as the pipeline runs it; conv: transformers' Conv3d")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--compile", action="store_true", help="also time the blocks under torch.compile (last)")
     ap.add_argument("--top", type=int, default=12, help="operators listed")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/profile_vision.json"))
     args = ap.parse_args(argv)
@@ -120,6 +161,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.patch_embed == "linear":
         measured = profile_encoder(model, encoded, device, args.repeats)
     flops = vision_flops(CONFIGS[config]["vision"], grids_of(encoded))
+    attention = time_attention_variants(model, encoded, device, args.repeats, args.compile)
     families = summarise(measured["ops"])
     profiled = sum(families.values())
     top = sorted(measured["ops"].items(), key=lambda kv: -kv[1])[:args.top]
@@ -132,12 +174,17 @@ def main(argv: list[str] | None = None) -> dict:
         "seconds": measured["seconds"], "seconds_all": measured["seconds_all"], "flops": flops,
         "tflops_per_s": flops / measured["seconds"] / 1e12, "profiled_op_seconds": profiled,
         "families": families, "ops": measured["ops"], "patch_embedding_alone": embedding,
+        "attention_variants": attention,
     }
     print(f"vision encoder, {config} config, {args.patch_embed} patch embedding, {args.frames}x{args.video_size[0]}x{args.video_size[1]} video on "
           f"{result['meta']['device']}: {measured['seconds'] * 1e3:.1f} ms (median of {args.repeats}), "
           f"{flops / 1e12:.2f} TFLOP, {result['tflops_per_s']:.2f} TFLOP/s")
     print(f"patch embedding alone (median of 20): Conv3d {embedding['conv']['seconds'] * 1e3:.1f} ms, one matrix "
           f"product {embedding['linear']['seconds'] * 1e3:.1f} ms")
+    print("whole encoder by segment attention path (median of {}):".format(args.repeats))
+    for name, spent in attention.items():
+        extra = f", first call {spent['first_call_s']:.1f} s" if "first_call_s" in spent else ""
+        print(f"  {name:18s} {spent['seconds'] * 1e3:9.1f} ms  {flops / spent['seconds'] / 1e12:7.2f} TFLOP/s{extra}")
     print(f"{'family':22s} {'ms':>9s} {'share':>6s}")
     for name, spent in families.items():
         print(f"{name:22s} {spent * 1e3:9.2f} {spent / profiled:6.1%}")

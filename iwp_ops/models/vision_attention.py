@@ -8,7 +8,10 @@ forward, ~2,000 per item in a batch, and on an H200 the encoder then took 71 % o
 7B prefill's time for 28 % of its FLOPs (benchmarks/results/h200/). Here the segments are
 gathered into one padded batch ``[segments, heads, longest, dim]`` with a key-padding mask
 and go through a single ``scaled_dot_product_attention``; the result is the same
-attention (each segment still sees only itself).
+attention (each segment still sees only itself). On a CUDA GPU that has FlashAttention in torch
+(``torch.nn.attention.varlen``, sm80+, half precision) the segments go to its variable-length
+kernel as they are, with no padding and no mask. Neither path reads a value back to the host, so
+the 32 blocks of a 7B encoder launch without waiting on the GPU.
 
 It plugs in through transformers' own ``AttentionInterface``: the vision attention modules
 hand ``cu_seqlens`` to one call when the implementation's name contains "flash", so the
@@ -18,6 +21,9 @@ model keeps its own implementation.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
+from functools import lru_cache
 from typing import Any
 
 import torch
@@ -31,6 +37,19 @@ NAME = "iwp_packed_sdpa_flash_api"
 # The Qwen vision towers: segment attention here, and the Conv3d patch embedding that
 # `vision_patch_embed` flattens.
 ARCHITECTURES = QWEN2_VL.architectures + QWEN3_VL.architectures
+# False sends CUDA inputs through the padded call too (benchmarks compare the two).
+FLASH_VARLEN = True
+
+
+@lru_cache(maxsize=None)
+def _varlen_kernel(device_index: int) -> Callable[..., Tensor] | None:
+    """torch's FlashAttention variable-length attention where this torch and this GPU have it
+    (FlashAttention 2 needs compute capability 8.0 or newer)."""
+    try:
+        from torch.nn.attention.varlen import varlen_attn
+    except ImportError:
+        return None
+    return varlen_attn if torch.cuda.get_device_capability(device_index)[0] >= 8 else None
 
 
 def packed_attention(module: nn.Module, query: Tensor, key: Tensor, value: Tensor, attention_mask: Tensor | None = None,
@@ -43,6 +62,12 @@ def packed_attention(module: nn.Module, query: Tensor, key: Tensor, value: Tenso
     heads, total, dim = query.shape[1:]
     lengths = cu_seq_lens_q[1:] - cu_seq_lens_q[:-1]
     longest = int(max_length_q) if max_length_q is not None else int(lengths.max())
+    kernel = _varlen_kernel(query.device.index or 0) if FLASH_VARLEN and query.is_cuda else None
+    if kernel is not None and query.dtype in (torch.float16, torch.bfloat16) and dropout == 0.0 \
+            and (scaling is None or math.isclose(scaling, dim ** -0.5)):
+        cu = cu_seq_lens_q.to(torch.int32)
+        q, k, v = (x[0].transpose(0, 1).contiguous() for x in (query, key, value))
+        return kernel(q, k, v, cu, cu, longest, longest)[None], None
     slot = torch.arange(longest, device=query.device)
     valid = slot < lengths[:, None]
     index = torch.where(valid, cu_seq_lens_q[:-1, None] + slot, total)
@@ -53,7 +78,12 @@ def packed_attention(module: nn.Module, query: Tensor, key: Tensor, value: Tenso
 
     out = F.scaled_dot_product_attention(pack(query), pack(key), pack(value), attn_mask=valid[:, None, None, :],
                                          dropout_p=dropout, scale=scaling)
-    return out.transpose(1, 2)[valid][None], None
+    # Each token's row in the padded output, found without a boolean mask (whose size the host
+    # would have to wait for).
+    token = torch.arange(total, device=query.device, dtype=cu_seq_lens_q.dtype)
+    segment = torch.searchsorted(cu_seq_lens_q[1:].contiguous(), token, right=True)
+    row = segment * longest + token - cu_seq_lens_q[segment]
+    return out.transpose(1, 2).reshape(-1, heads, dim)[row][None], None
 
 
 def pack_vision_attention(model: nn.Module) -> bool:
