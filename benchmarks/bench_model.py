@@ -652,6 +652,9 @@ def main() -> None:
     parser.add_argument("--vision-attention", choices=("packed", "loop"), default="packed",
                         help="packed: one attention call per vision block, as the pipeline runs it "
                              "(iwp_ops.pack_vision_attention); loop: transformers' own call per window")
+    parser.add_argument("--vision-compile", choices=("auto", "on", "off"), default="auto",
+                        help="torch.compile the vision blocks (iwp_ops.compile_vision_blocks); auto: on CUDA only, "
+                             "as the pipeline runs it")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "bench_model.json")
     args = parser.parse_args()
 
@@ -693,6 +696,18 @@ def main() -> None:
     if args.vision_attention == "packed":
         packing = compare_vision_attention(model, media, device, args.repeats)
     print(f"vision attention: {model.config.vision_config._attn_implementation}", flush=True)
+    args.vision_compile = args.vision_compile == "on" or (args.vision_compile == "auto" and device.type == "cuda")
+    if args.vision_compile:  # compiled before any reading: the first call per shape family compiles
+        iwp_ops.compile_vision_blocks(model)
+        t0 = time.perf_counter()
+        for enc in media.values():
+            key = "pixel_values_videos" if "pixel_values_videos" in enc else "pixel_values"
+            grid = enc["video_grid_thw" if key == "pixel_values_videos" else "image_grid_thw"]
+            with torch.inference_mode():
+                model.model.visual(enc[key].to(device, dtype), grid_thw=grid.to(device))
+        _sync(device)
+        print(f"vision blocks compiled (iwp_ops.compile_vision_blocks): first calls took {time.perf_counter() - t0:.1f} s",
+              flush=True)
     handle = iwp_ops.enable_pruning(model, method=args.method, keep_ratio=TARGET_RATIO, layer=args.layer)
     timer = StageTimer(model, args.layer, device)
 
@@ -824,7 +839,7 @@ def main() -> None:
             "config": spec, "dtype": spec["dtype"], "parameters": params, "vision_parameters": vision_params,
             "attn_implementation": model.config._attn_implementation,
             "vision_attn_implementation": model.config.vision_config._attn_implementation,
-            "patch_embed": args.patch_embed, "method": args.method, "layer": args.layer,
+            "patch_embed": args.patch_embed, "vision_compiled": args.vision_compile, "method": args.method, "layer": args.layer,
             "new_tokens": args.new_tokens, "repeats": args.repeats, "batch_repeats": args.batch_repeats,
             "max_batch": args.max_batch, "memory_budget_bytes": budget, "quick": args.quick,
             "video": {"frames": args.frames, "size": args.video_size, "grid_thw": grids_of(media["video"])},

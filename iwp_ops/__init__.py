@@ -13,6 +13,8 @@ Public API:
 - ``pack_vision_attention(model)``: a Qwen2-VL / Qwen2.5-VL / Qwen3-VL vision encoder on SDPA runs one
   attention call per block instead of one per window or frame (the unpruned part of the prefill).
 - ``flatten_patch_embedding(model)``: their patch embedding as one matrix product, not a Conv3d.
+- ``compile_vision_blocks(model)``: their vision blocks under ``torch.compile`` (fuses the
+  elementwise work; one compilation per process).
 - ``METHODS``: the names ``select_tokens`` accepts for ``method``.
 """
 
@@ -20,7 +22,8 @@ from .budget import adaptive_budget
 from .fidelity import weight_fidelity
 from .methods import REGISTRY as _REGISTRY
 from .methods.visionzip import merged_features as visionzip_merged_features
-from .models import ItemStats, PruningHandle, enable_pruning, flatten_patch_embedding, pack_vision_attention
+from .models import (ItemStats, PruningHandle, compile_vision_blocks, enable_pruning, flatten_patch_embedding,
+                     pack_vision_attention)
 from .scores import information_duplication, information_magnitude
 from .select import select_tokens
 
@@ -31,6 +34,7 @@ __all__ = [
     "ItemStats",
     "PruningHandle",
     "adaptive_budget",
+    "compile_vision_blocks",
     "enable_pruning",
     "flatten_patch_embedding",
     "information_duplication",

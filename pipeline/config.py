@@ -27,6 +27,9 @@ class ModelConfig(_Strict):
     device: str = Field("auto", description="'auto', 'cpu', 'cuda' or 'cuda:N'")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     trust_remote_code: bool = False
+    compile_vision: Literal["auto", "on", "off"] = Field(
+        "auto", description="torch.compile the Qwen vision blocks (iwp_ops.compile_vision_blocks); auto: on CUDA only, "
+                            "where it made a 7B encoder 2.5x faster for one compilation per worker")
 
 
 class GenerationConfig(_Strict):

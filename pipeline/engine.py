@@ -55,7 +55,7 @@ def load_model(cfg: PipelineConfig):
     """`from_pretrained` on a local directory: no network, remote code only if asked."""
     from transformers import AutoModelForImageTextToText
 
-    from iwp_ops import flatten_patch_embedding, pack_vision_attention
+    from iwp_ops import compile_vision_blocks, flatten_patch_embedding, pack_vision_attention
 
     device = resolve_device(cfg.model.device)
     model = AutoModelForImageTextToText.from_pretrained(
@@ -66,6 +66,8 @@ def load_model(cfg: PipelineConfig):
     )
     pack_vision_attention(model)
     flatten_patch_embedding(model)
+    if cfg.model.compile_vision == "on" or (cfg.model.compile_vision == "auto" and device.type == "cuda"):
+        compile_vision_blocks(model)
     return model.to(device).eval()
 
 

@@ -106,3 +106,29 @@ def test_flat_patch_embedding_leaves_other_models_alone(tmp_path):
                                                         local_files_only=True)
     assert not flatten_patch_embedding(llava)
     assert not flatten_patch_embedding(torch.nn.Linear(2, 2))
+
+
+def test_compiled_vision_blocks_give_the_same_features(qwen):
+    from iwp_ops import compile_vision_blocks
+
+    load, processor = qwen
+    batch = _batch(processor)
+    stock, compiled = load(), load()
+    assert pack_vision_attention(stock) and pack_vision_attention(compiled)
+    assert compile_vision_blocks(compiled)
+    assert all(block._compiled_call_impl is not None for block in compiled.model.visual.blocks)
+    assert compiled.state_dict().keys() == stock.state_dict().keys()
+    with torch.no_grad():
+        for key, grid in (("pixel_values", "image_grid_thw"), ("pixel_values_videos", "video_grid_thw")):
+            torch.testing.assert_close(compiled.model.visual(batch[key], grid_thw=batch[grid]).pooler_output,
+                                       stock.model.visual(batch[key], grid_thw=batch[grid]).pooler_output,
+                                       rtol=1e-4, atol=1e-5)
+
+
+def test_compile_leaves_other_models_alone(tmp_path):
+    from iwp_ops import compile_vision_blocks
+
+    llava = AutoModelForImageTextToText.from_pretrained(build_tiny_model(tmp_path, arch="llava_onevision"),
+                                                        local_files_only=True)
+    assert not compile_vision_blocks(llava)
+    assert all(layer._compiled_call_impl is None for layer in llava.modules() if isinstance(layer, torch.nn.Module))

@@ -66,16 +66,17 @@ def test_h100_class_gpus_take_the_flash_kernel(monkeypatch):
 
 
 def test_tiny_qwen_encoder_on_the_gpu_matches_the_stock_loop(tmp_path):
+    """Packed, and packed with its blocks compiled (as the pipeline runs it on a GPU)."""
     from transformers import AutoModelForImageTextToText
 
-    from iwp_ops import pack_vision_attention
+    from iwp_ops import compile_vision_blocks, pack_vision_attention
     from reference.tiny_model import build_tiny_model
 
     path = build_tiny_model(tmp_path, arch="qwen2_5_vl")
     load = lambda: AutoModelForImageTextToText.from_pretrained(path, local_files_only=True,  # noqa: E731
                                                                dtype=torch.bfloat16).cuda().eval()
-    stock, packed = load(), load()
-    assert pack_vision_attention(packed)
+    stock, packed, compiled = load(), load(), load()
+    assert pack_vision_attention(packed) and pack_vision_attention(compiled) and compile_vision_blocks(compiled)
     gen = torch.Generator().manual_seed(1)
     grid = torch.tensor([[4, 10, 8], [1, 8, 12]], device="cuda")  # a 4-frame video and an image, partial windows
     patches = int(grid.prod(-1).sum())
@@ -83,5 +84,6 @@ def test_tiny_qwen_encoder_on_the_gpu_matches_the_stock_loop(tmp_path):
     pixels = torch.randn(patches, vc.in_channels * vc.temporal_patch_size * vc.patch_size ** 2, generator=gen).cuda()
     with torch.inference_mode():
         a = stock.model.visual(pixels.bfloat16(), grid_thw=grid).pooler_output.float()
-        b = packed.model.visual(pixels.bfloat16(), grid_thw=grid).pooler_output.float()
-    assert (b - a).abs().max() <= 2e-2 * a.abs().max()
+        for model in (packed, compiled):
+            b = model.model.visual(pixels.bfloat16(), grid_thw=grid).pooler_output.float()
+            assert (b - a).abs().max() <= 2e-2 * a.abs().max()
