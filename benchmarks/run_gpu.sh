@@ -13,7 +13,10 @@
 #      the fidelity recording), with the kernels each launches;
 #   6. bench_select.py --quick on CUDA (selection time and memory as N grows);
 #   7. profile_vision.py: where the 64x392x392 video's vision encoder spends its time, by operator
-#      family, with the patch embedding as a matrix product and as transformers' Conv3d.
+#      family, with the patch embedding as a matrix product and as transformers' Conv3d, and the
+#      whole encoder timed with each segment-attention path and (--compile) with compiled blocks.
+# bench_model.py compiles the vision blocks on CUDA, as the pipeline does (--vision-compile off
+# to compare); each of its processes pays the compilation once (~50 s, less from the on-disk cache).
 # Usage: benchmarks/run_gpu.sh OUTDIR [PARTS, default "1 2 3 4 5 6 7"]   (one JSON per part and run.log, all output, land in OUTDIR)
 # Needs torch with CUDA and transformers 5.24.x (the pinned range). Where the machine has another
 # transformers, install the 5.24 wheel beside it first, e.g.
@@ -33,20 +36,20 @@ bench() {  # bench NAME LIMIT_S ARGS...: one bench_model.py run, its JSON named 
   timeout "$limit" "$PY" benchmarks/bench_model.py --device cuda --config 7b --out "$out/$name.json" "${@:3}" \
     2>&1 | tee -a "$out/run.log"
 }
-[[ $parts == *" 1 "* ]] && bench bench_model_7b "${PART_LIMIT_S:-120}" --repeats 3 --no-batch
-[[ $parts == *" 2 "* ]] && bench bench_model_7b_loop "${PART_LIMIT_S:-120}" --repeats 3 --no-batch --vision-attention loop
-[[ $parts == *" 3 "* ]] && bench bench_model_7b_long "${PART_LIMIT_S:-120}" --repeats 3 --no-batch \
+[[ $parts == *" 1 "* ]] && bench bench_model_7b "${PART_LIMIT_S:-230}" --repeats 3 --no-batch
+[[ $parts == *" 2 "* ]] && bench bench_model_7b_loop "${PART_LIMIT_S:-230}" --repeats 3 --no-batch --vision-attention loop
+[[ $parts == *" 3 "* ]] && bench bench_model_7b_long "${PART_LIMIT_S:-230}" --repeats 3 --no-batch \
   --frames 64 --video-size 392x392
-[[ $parts == *" 4 "* ]] && bench bench_model_7b_batch "${SWEEP_LIMIT_S:-240}" --repeats 1 --batch-repeats 1 \
+[[ $parts == *" 4 "* ]] && bench bench_model_7b_batch "${SWEEP_LIMIT_S:-300}" --repeats 1 --batch-repeats 1 \
   --max-batch "${MAX_BATCH:-512}"
 [[ $parts == *" 5 "* ]] && timeout "${PART_LIMIT_S:-120}" "$PY" benchmarks/bench_prune_overhead.py --device cuda \
   --out "$out/bench_prune_overhead.json" 2>&1 | tee -a "$out/run.log"
 [[ $parts == *" 6 "* ]] && timeout "${SELECT_LIMIT_S:-60}" "$PY" benchmarks/bench_select.py --device cuda --quick \
   --out "$out/bench_select_cuda.json" 2>&1 | tee -a "$out/run.log"
 if [[ $parts == *" 7 "* ]]; then
-  for embed in linear conv; do
-    timeout "${PART_LIMIT_S:-120}" "$PY" benchmarks/profile_vision.py --device cuda --patch-embed "$embed" \
-      --out "$out/profile_vision_$embed.json" 2>&1 | tee -a "$out/run.log"
-  done
+  timeout "${PART_LIMIT_S:-120}" "$PY" benchmarks/profile_vision.py --device cuda --patch-embed conv \
+    --out "$out/profile_vision_conv.json" 2>&1 | tee -a "$out/run.log"
+  timeout "${COMPILE_LIMIT_S:-200}" "$PY" benchmarks/profile_vision.py --device cuda --patch-embed linear --compile \
+    --out "$out/profile_vision_linear.json" 2>&1 | tee -a "$out/run.log"
 fi
 exit 0

@@ -49,5 +49,24 @@ def test_vision_profile_accounts_for_the_encoder_by_operator_family(tmp_path):
     assert sum(result["families"].values()) == pytest.approx(result["profiled_op_seconds"])
     assert result["flops"] > 0 and result["tflops_per_s"] > 0
     assert all(result["patch_embedding_alone"][k]["seconds"] > 0 for k in ("conv", "linear"))
+    assert set(result["attention_variants"]) == {"per-segment loop", "padded"}  # flash varlen: CUDA only
+    assert all(v["seconds"] > 0 for v in result["attention_variants"].values())
     assert profile_vision.family("aten::addmm") == "matmul"
     assert profile_vision.family("aten::_scaled_dot_product_flash_attention_for_cpu") == "attention"
+
+
+def test_stage_timer_reads_only_while_on(tiny_model_dir):
+    """Timed prefills run with the stage timer off (its syncs would slow them on a GPU); the runs
+    that split the time by stage run with it on and account for every stage."""
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    model = AutoModelForImageTextToText.from_pretrained(tiny_model_dir, local_files_only=True).eval()
+    processor = AutoProcessor.from_pretrained(tiny_model_dir, local_files_only=True)
+    inputs = bench_model.encode(processor, "video", (56, 56), 4)
+    timer = bench_model.StageTimer(model, 1, torch.device("cpu"))
+    bench_model.prefill(model, inputs)
+    assert set(timer.take().values()) == {0.0}
+    timer.on = True
+    bench_model.prefill(model, inputs)
+    assert all(seconds > 0 for seconds in timer.take().values())
+    timer.remove()

@@ -76,7 +76,7 @@ def test_to_pipeline_config_round_trip():
         task: {kind: tag, vocabulary: [red, light blue, circle], prompt: "list the tags ."}
         input: /data/m.parquet
         output: s3://bucket/out
-        model: {path: /models/m, dtype: float16, device: "cuda:1", trust_remote_code: true}
+        model: {path: /models/m, dtype: float16, device: "cuda:1", trust_remote_code: true, compile_vision: "off"}
         pruning: {method: fastv, keep_ratio: 0.5, layer: 3, fidelity_target: 0.9, options: {lam: 0.5}}
         sampling: {num_frames: 4, max_side: 224, max_image_pixels: 1000}
         generation: {max_new_tokens: 7, prompt: "p .", video_prompt: "v ."}
@@ -89,7 +89,8 @@ def test_to_pipeline_config_round_trip():
     cfg = spec.to_pipeline_config()
     assert cfg.name == "tagger-7" and cfg.input == "/data/m.parquet" and cfg.output == "s3://bucket/out"
     assert cfg.task == "tag" and cfg.tag_vocabulary == ("red", "light blue", "circle") and cfg.tag_prompt == "list the tags ."
-    assert cfg.model == ModelConfig(path="/models/m", dtype="float16", device="cuda:1", trust_remote_code=True)
+    assert cfg.model == ModelConfig(path="/models/m", dtype="float16", device="cuda:1", trust_remote_code=True,
+                                    compile_vision="off")
     assert cfg.pruning == PruningConfig(method="fastv", keep_ratio=0.5, layer=3, fidelity_target=0.9, options={"lam": 0.5})
     assert cfg.sampling == SamplingConfig(num_frames=4, max_side=224, max_image_pixels=1000)
     assert cfg.generation == GenerationConfig(max_new_tokens=7, prompt="p .", video_prompt="v .")
