@@ -11,7 +11,7 @@ FLOP count of `bench_model.vision_flops`.
 It also times the whole encoder with each way of running its segment attention, in one process:
 transformers' call per segment, `packed_attention`'s padded call, and on a CUDA GPU its
 FlashAttention variable-length call (the pipeline's choice there); and, with ``--compile``, the
-blocks under ``torch.compile`` (a measurement only: the pipeline does not compile).
+blocks under ``torch.compile`` (`iwp_ops.compile_vision_blocks`, as the pipeline runs them on CUDA).
 
 Usage: ``python benchmarks/profile_vision.py [--device cpu|cuda] [--config mid|7b]
 [--frames 64] [--video-size 392x392] [--repeats 3] [--compile] [--out PATH]``

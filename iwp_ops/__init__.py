@@ -14,7 +14,7 @@ Public API:
   attention call per block instead of one per window or frame (the unpruned part of the prefill).
 - ``flatten_patch_embedding(model)``: their patch embedding as one matrix product, not a Conv3d.
 - ``compile_vision_blocks(model)``: their vision blocks under ``torch.compile`` (fuses the
-  elementwise work; one compilation per process).
+  elementwise work; compiled in each process, at the first video and the first image).
 - ``METHODS``: the names ``select_tokens`` accepts for ``method``.
 """
 

@@ -8,10 +8,11 @@ forward, ~2,000 per item in a batch, and on an H200 the encoder then took 71 % o
 7B prefill's time for 28 % of its FLOPs (benchmarks/results/h200/). Here the segments are
 gathered into one padded batch ``[segments, heads, longest, dim]`` with a key-padding mask
 and go through a single ``scaled_dot_product_attention``; the result is the same
-attention (each segment still sees only itself). On a CUDA GPU that has FlashAttention in torch
-(``torch.nn.attention.varlen``, sm80+, half precision) the segments go to its variable-length
-kernel as they are, with no padding and no mask. Neither path reads a value back to the host, so
-the 32 blocks of a 7B encoder launch without waiting on the GPU.
+attention (each segment still sees only itself). On a CUDA GPU (sm80+, half precision) the
+segments go as they are, with no padding and no mask, to torch's variable-length attention
+(``torch.nn.attention.varlen``): FlashAttention 2, or cuDNN where torch prefers it (torch 2.14
+on sm90/sm100 with cuDNN 9.18+ for segments over 128 tokens). Neither path reads a value back to
+the host, so the 32 blocks of a 7B encoder launch without waiting on the GPU.
 
 It plugs in through transformers' own ``AttentionInterface``: the vision attention modules
 hand ``cu_seqlens`` to one call when the implementation's name contains "flash", so the
@@ -23,7 +24,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from functools import lru_cache
 from typing import Any
 
 import torch
@@ -41,15 +41,19 @@ ARCHITECTURES = QWEN2_VL.architectures + QWEN3_VL.architectures
 FLASH_VARLEN = True
 
 
-@lru_cache(maxsize=None)
-def _varlen_kernel(device_index: int) -> Callable[..., Tensor] | None:
-    """torch's FlashAttention variable-length attention where this torch and this GPU have it
-    (FlashAttention 2 needs compute capability 8.0 or newer)."""
-    try:
-        from torch.nn.attention.varlen import varlen_attn
-    except ImportError:
+try:
+    from torch.nn.attention.varlen import varlen_attn as _VARLEN_ATTN
+except ImportError:  # torch before 2.10
+    _VARLEN_ATTN = None
+
+
+def _varlen_kernel(device: torch.device) -> Callable[..., Tensor] | None:
+    """torch's variable-length attention where this torch has it and the GPU runs FlashAttention 2
+    (compute capability 8.0 or newer). Not cached: torch caches the device's properties, and a
+    cache of ours would be one more thing for torch.compile to trace around."""
+    if _VARLEN_ATTN is None or torch.version.hip is not None:
         return None
-    return varlen_attn if torch.cuda.get_device_capability(device_index)[0] >= 8 else None
+    return _VARLEN_ATTN if torch.cuda.get_device_capability(device)[0] >= 8 else None
 
 
 def packed_attention(module: nn.Module, query: Tensor, key: Tensor, value: Tensor, attention_mask: Tensor | None = None,
@@ -62,9 +66,9 @@ def packed_attention(module: nn.Module, query: Tensor, key: Tensor, value: Tenso
     heads, total, dim = query.shape[1:]
     lengths = cu_seq_lens_q[1:] - cu_seq_lens_q[:-1]
     longest = int(max_length_q) if max_length_q is not None else int(lengths.max())
-    kernel = _varlen_kernel(query.device.index or 0) if FLASH_VARLEN and query.is_cuda else None
+    kernel = _varlen_kernel(query.device) if FLASH_VARLEN and query.is_cuda else None
     if kernel is not None and query.dtype in (torch.float16, torch.bfloat16) and dropout == 0.0 \
-            and (scaling is None or math.isclose(scaling, dim ** -0.5)):
+            and dim % 8 == 0 and dim <= 256 and (scaling is None or math.isclose(scaling, dim ** -0.5)):
         cu = cu_seq_lens_q.to(torch.int32)
         q, k, v = (x[0].transpose(0, 1).contiguous() for x in (query, key, value))
         return kernel(q, k, v, cu, cu, longest, longest)[None], None

@@ -4,9 +4,11 @@ After packing (`vision_attention`) the 7B encoder spends half its GPU time outsi
 products: RMSNorm and the rotary embedding run in fp32 as a dozen separate elementwise kernels
 each, and SiLU-and-multiply as three. On an H100 a 64-frame 392x392 video's encoder took 211 ms
 eagerly and 83 ms with its blocks compiled (`benchmarks/profile_vision.py --compile`,
-`benchmarks/results/h100/varlen/`), paid for by one compilation per process (78 s there, less
-from the on-disk cache). Shapes are compiled as dynamic, so new frame counts and sizes reuse the
-compiled code instead of recompiling.
+`benchmarks/results/h100/varlen/`), paid for by compiling in each process (78 s there, less
+from torch's on-disk cache). Shapes are compiled as dynamic: on a CPU check a video and then an
+image compiled two graphs and later frame counts and sizes reused them, so a process compiles at
+its first video and at its first image. Past torch's recompile limit dynamo runs the blocks
+uncompiled, with a warning.
 """
 
 from __future__ import annotations

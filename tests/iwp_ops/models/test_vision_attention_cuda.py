@@ -1,5 +1,5 @@
-"""On CUDA, the packed vision attention takes torch's FlashAttention variable-length kernel, gives
-the per-segment attention, and never waits on the GPU.
+"""On CUDA, the packed vision attention takes torch's variable-length attention (FlashAttention 2,
+or cuDNN where torch prefers it), gives the per-segment attention, and never waits on the GPU.
 
 Runs only where a GPU is present (the device machine): `python -m pytest --noconftest
 tests/iwp_ops/models/test_vision_attention_cuda.py`.
@@ -49,14 +49,14 @@ def test_both_paths_give_the_per_segment_attention_without_a_host_sync(monkeypat
     torch.testing.assert_close(out.float(), expected, rtol=0, atol=2e-2)
 
 
-def test_h100_class_gpus_take_the_flash_kernel(monkeypatch):
+def test_h100_class_gpus_take_the_variable_length_kernel(monkeypatch):
     if torch.cuda.get_device_capability()[0] < 8:
         pytest.skip("FlashAttention 2 needs sm80+")
-    assert vision_attention._varlen_kernel(torch.cuda.current_device()) is not None
+    kernel = vision_attention._varlen_kernel(torch.device("cuda"))
+    assert kernel is not None
     calls = []
-    kernel = vision_attention._varlen_kernel(torch.cuda.current_device())
     monkeypatch.setattr(vision_attention, "_varlen_kernel",
-                        lambda index: lambda *a: calls.append(a[5]) or kernel(*a))
+                        lambda device: lambda *a: calls.append(a[5]) or kernel(*a))
     q, k, v, cu = _inputs()
     packed_attention(None, q, k, v, scaling=DIM ** -0.5, cu_seq_lens_q=cu, max_length_q=max(LENGTHS))
     fp32 = [x.float() for x in (q, k, v)]
