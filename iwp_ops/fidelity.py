@@ -108,11 +108,16 @@ def weight_fidelity(keys: Any, values: Any, indices: Any, *, mask: Tensor | None
     b, _, n, _ = keys.shape
     cand = validate.mask(mask, b, n, keys.device)
     kept_idx = validate.indices(indices, b, n, keys.device)
-    kernel = validate.choice("kernel", kernel, KERNELS)
-    features = gram_features(keys, values, cand, kernel)
+    return unchecked_fidelity(keys, values, kept_idx, cand, validate.choice("kernel", kernel, KERNELS))
+
+
+def unchecked_fidelity(keys: Tensor, values: Tensor, indices: Tensor, mask: Tensor, kernel: str = "softmax") -> Tensor:
+    """`weight_fidelity` without its checks, for inputs already known good (a model's keys and a
+    selection's indices): those checks each read a value back from the device."""
+    features = gram_features(keys, values, mask, kernel)
     totals = column_totals(features)
-    inner = kept_totals(totals, kept_idx).sum(-1)
-    return cosine(inner, totals.sum(-1), column_totals(features.take(kept_idx)).sum(-1)).float()
+    inner = kept_totals(totals, indices).sum(-1)
+    return cosine(inner, totals.sum(-1), column_totals(features.take(indices)).sum(-1)).float()
 
 
 def prefix_fidelity(features: Features, order: Tensor) -> Tensor:

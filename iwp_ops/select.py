@@ -9,7 +9,7 @@ from torch import Tensor
 
 from .indices import ascending
 from .methods import lookup
-from .request import build
+from .request import Request, build
 
 
 def check_options(method: str, fn: Any, options: dict[str, Any]) -> None:
@@ -39,6 +39,21 @@ def select_tokens(keys: Tensor, values: Tensor, budget: int | Tensor, *, method:
     fn = lookup(method)
     check_options(method, fn, options)
     req, width = build(keys, values, budget, mask)
+    return _run(fn, req, width, options)
+
+
+def select_trusted(keys: Tensor, values: Tensor, budget: Tensor, width: int, mask: Tensor, *, method: str = "iwp",
+                   **options: Any) -> Tensor:
+    """`select_tokens` for inputs known good, with nothing read back from the device to check
+    them: a model's own keys and values, a ``[B]`` budget already capped at each item's candidate
+    count, and its maximum ``width`` known on the host (`enable_pruning` computes budgets there
+    from the token counts it reads at the start of the call)."""
+    fn = lookup(method)
+    check_options(method, fn, options)
+    return _run(fn, Request(keys, values, mask, budget, width), width, options)
+
+
+def _run(fn: Any, req: Request, width: int, options: dict[str, Any]) -> Tensor:
     if req.width == 0:
         return req.budget.new_full((req.budget.shape[0], width), -1)
     return ascending(fn(req, **options), width, req.shape[2])

@@ -3,9 +3,11 @@
 How it works, for one `forward`/`generate` call:
 1. A pre-hook on the top model sees the prefill's `input_ids` and attention mask and
    marks the visual placeholder tokens (only those are candidates; text and vision
-   start/end tokens always stay).
+   start/end tokens always stay). It reads each item's token counts back once, so fixed
+   budgets and the kept length are known on the host and layer K need not wait on the GPU.
 2. Layer K, on the prefill, scores the candidates with its own keys (after rotary) and
-   values — the projections of its normed input — selects with `iwp_ops.select_tokens`,
+   values — the projections of its normed input — selects with `iwp_ops.select_tokens`
+   (its unchecked form `select_trusted` for fixed budgets),
    and gathers the kept tokens (left-padded per batch row, so the last position stays the
    last token) together with their rotary rows (original positions are kept) and a new
    padding mask. Layers >= K run, and fill their KV cache, on the kept sequence only
@@ -30,9 +32,9 @@ import torch
 from torch import Tensor, nn
 
 from ..budget import adaptive_budget
-from ..fidelity import weight_fidelity
+from ..fidelity import unchecked_fidelity
 from ..methods import lookup
-from ..select import select_tokens
+from ..select import select_tokens, select_trusted
 from .families import Family, family_of
 
 _DEFAULTS: dict[str, Any] = dict(method="iwp", layer=2, keep_ratio=0.222, keep_tokens=None, fidelity_target=None,
@@ -55,11 +57,15 @@ class _Call:
 
     visual: Tensor
     attention: Tensor
+    # Fixed budgets (not the adaptive one) are known on the host from the call's token counts:
+    # the device copy, their maximum, and the longest kept sequence they give.
+    budget: Tensor | None = None
+    width: int = 0
+    kept_length: int = 0
     embeddings: Tensor | None = None
     kept_mask: Tensor | None = None
     order: Tensor | None = None
     rotary: tuple[Tensor, Tensor] | None = None
-    layer_mask: Any = None
     overrides: dict[str, Any] = field(default_factory=dict)
 
 
@@ -89,7 +95,8 @@ class PruningHandle:
     """Returned by `enable_pruning`: change, disable or remove pruning; read per-item stats.
 
     `last_stats` holds one `ItemStats` per batch item of the latest call that had visual
-    tokens (empty when pruning was disabled or the input had none).
+    tokens (empty when pruning was disabled or the input had none). They stay on the device
+    until first read, so the forward never waits for them.
     """
 
     def __init__(self, model: nn.Module, family: Family, **settings: Any):
@@ -98,7 +105,8 @@ class PruningHandle:
         self.language_model = family.language_model(model)
         self.visual_ids = family.visual_token_ids(model)
         self.enabled = True
-        self.last_stats: list[ItemStats] = []
+        self._stats: list[ItemStats] = []
+        self._pending: Tensor | None = None
         self._call: _Call | None = None
         self._originals: dict[int, Any] = {}
         self._hooks: list[Any] = []
@@ -161,6 +169,15 @@ class PruningHandle:
         if s["query_tokens"] < 1 or s["min_tokens"] < 0:
             raise ValueError("query_tokens must be at least 1 and min_tokens at least 0")
 
+    @property
+    def last_stats(self) -> list[ItemStats]:
+        if self._pending is not None:
+            read, self._pending = self._pending.tolist(), None
+            fidelity = read[2] if len(read) > 2 else [math.nan] * len(read[0])
+            self._stats = [ItemStats(int(b), int(a), None if math.isnan(f) else f)
+                           for b, a, f in zip(read[0], read[1], fidelity)]
+        return self._stats
+
     def disable(self) -> None:
         self.enabled = False
 
@@ -207,7 +224,7 @@ class PruningHandle:
         if cache is not None and cache.get_seq_length() > 0:
             return
         self._call = None
-        self.last_stats = []
+        self._stats, self._pending = [], None
         if not self.enabled or input_ids is None:
             return
         attention = kwargs.get("attention_mask")
@@ -215,8 +232,18 @@ class PruningHandle:
             raise NotImplementedError("visual-token pruning needs a 2-D padding mask (dynamic cache), not a prepared 4-D mask")
         attention = torch.ones_like(input_ids, dtype=torch.bool) if attention is None else attention.bool()
         visual = torch.isin(input_ids, torch.tensor(self.visual_ids, device=input_ids.device)) & attention
-        if bool(visual.any()):
-            self._call = _Call(visual=visual, attention=attention)
+        # The call's one read-back, before the vision encoder is queued: layer K then needs none
+        # for fixed budgets, and the host can queue the layers after K while the GPU selects.
+        counts, lengths = torch.stack([visual.sum(-1), attention.sum(-1)]).tolist()
+        if not any(counts):
+            return
+        call = _Call(visual=visual, attention=attention)
+        budgets = self._fixed_budgets(counts)
+        if budgets is not None:
+            call.budget = torch.tensor(budgets, device=input_ids.device)
+            call.width = max(budgets)
+            call.kept_length = max(n - c + k for n, c, k in zip(lengths, counts, budgets))
+        self._call = call
 
     def _on_language_model_call(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
         call = self._call
@@ -253,19 +280,26 @@ class PruningHandle:
 
         return process
 
-    def _budgets(self, call: _Call, keys: Tensor, values: Tensor, options: dict[str, Any]) -> Tensor:
+    def _fixed_budgets(self, counts: list[int]) -> list[int] | None:
+        """Per-item budgets from `keep_tokens` or `keep_ratio` (one value, or one per item),
+        at least `min_tokens` and at most the item's visual tokens; None for the adaptive budget."""
         s = self.settings
-        counts = call.visual.sum(-1)
         if s["fidelity_target"] is not None:
-            hi = s["max_tokens"] if s["max_tokens"] is not None else keys.shape[2]
-            return adaptive_budget(keys, values, s["fidelity_target"], min_tokens=s["min_tokens"], max_tokens=hi,
-                                   mask=call.visual, **options)
-        if s["keep_tokens"] is not None:
-            wanted = torch.as_tensor(s["keep_tokens"], device=counts.device).expand_as(counts)
-        else:
-            ratio = torch.as_tensor(s["keep_ratio"], dtype=torch.float64, device=counts.device).expand_as(counts)
-            wanted = torch.round(ratio * counts).long()
-        return torch.minimum(wanted.clamp(min=s["min_tokens"]), counts)
+            return None
+        name = "keep_tokens" if s["keep_tokens"] is not None else "keep_ratio"
+        per_item = list(s[name]) if isinstance(s[name], Sequence) else [s[name]]
+        if len(per_item) == 1:
+            per_item *= len(counts)
+        if len(per_item) != len(counts):
+            raise ValueError(f"{name} has {len(per_item)} values for a batch of {len(counts)} items")
+        wanted = per_item if name == "keep_tokens" else [round(float(r) * c) for r, c in zip(per_item, counts)]
+        return [min(max(int(w), s["min_tokens"]), c) for w, c in zip(wanted, counts)]
+
+    def _adaptive_budget(self, call: _Call, keys: Tensor, values: Tensor, options: dict[str, Any]) -> Tensor:
+        s = self.settings
+        hi = s["max_tokens"] if s["max_tokens"] is not None else keys.shape[2]
+        return adaptive_budget(keys, values, s["fidelity_target"], min_tokens=s["min_tokens"], max_tokens=hi,
+                               mask=call.visual, **options)
 
     def _prune(self, call: _Call, layer: nn.Module, hidden: Tensor, kwargs: dict[str, Any]) -> Tensor:
         """Select at layer K and gather the kept hidden states.
@@ -295,9 +329,14 @@ class PruningHandle:
             t = self.settings["query_tokens"]
             q = _heads(attn.q_proj, normed[:, -t:], attn.head_dim, getattr(attn, "q_norm", None))
             options.setdefault("queries", _rope(q, cos[:, -t:], sin[:, -t:]) if rotary else q)
-        budget = self._budgets(call, keys, values, options)
-        selected = select_tokens(keys if rotary else raw_keys, values, budget, method=self.settings["method"],
-                                 mask=call.visual, **options)
+        scored = keys if rotary else raw_keys
+        if call.budget is None:
+            budget = self._adaptive_budget(call, keys, values, options)
+            selected = select_tokens(scored, values, budget, method=self.settings["method"], mask=call.visual, **options)
+        else:
+            budget = call.budget
+            selected = select_trusted(scored, values, budget, call.width, call.visual, method=self.settings["method"],
+                                      **options)
         b, length, _ = hidden.shape
         keep = call.attention & ~call.visual
         chosen = torch.zeros(b, length + 1, dtype=torch.bool, device=hidden.device)
@@ -305,7 +344,9 @@ class PruningHandle:
         keep |= chosen[:, :length]
         self._record(call, keys, values, selected, budget)
 
-        new_length = int(keep.sum(-1).max())
+        # Every method keeps exactly its budget (at most the candidates), so fixed budgets give
+        # the kept length on the host; the adaptive one is read back.
+        new_length = call.kept_length if call.budget is not None else int(keep.sum(-1).max())
         order = torch.sort(keep.to(torch.int8), dim=1, stable=True).indices[:, length - new_length:]
         call.kept_mask = keep.gather(1, order)
         call.rotary = tuple(_gather_tokens(t.expand(b, -1, -1), order) for t in (cos, sin))
@@ -345,14 +386,13 @@ class PruningHandle:
         )
 
     def _record(self, call: _Call, keys: Tensor, values: Tensor, selected: Tensor, budget: Tensor) -> None:
-        """Per-item stats, read back in one device-to-host copy (counts are exact in float32)."""
+        """Per-item stats as one device tensor, read back in one copy when `last_stats` is read
+        (counts are exact in float32). The inputs come from the model and the selection, so the
+        fidelity skips the public function's checks, each of which would wait on the device."""
         rows = [call.visual.sum(-1).float(), budget.float()]
         if self.settings["record_fidelity"]:
-            rows.append(weight_fidelity(keys, values, selected, mask=call.visual).float())
-        read = torch.stack(rows).tolist()
-        fidelity = read[2] if len(read) > 2 else [math.nan] * len(read[0])
-        self.last_stats = [ItemStats(int(b), int(a), None if math.isnan(f) else f)
-                           for b, a, f in zip(read[0], read[1], fidelity)]
+            rows.append(unchecked_fidelity(keys, values, selected, call.visual).float())
+        self._pending = torch.stack(rows)
 
 
 def enable_pruning(model: nn.Module, method: str = "iwp", keep_ratio: float | Sequence[float] = 0.222, layer: int = 2,

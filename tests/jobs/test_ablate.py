@@ -12,8 +12,8 @@ def test_every_variant_is_a_known_setting_and_the_rope_variant_changes_the_selec
     assert all(set(changes) <= set(BASE) for changes in VARIANTS.values())
     torch.set_num_threads(min(2, torch.get_num_threads()))
     seen = []
-    real = base.select_tokens
-    monkeypatch.setattr(base, "select_tokens", lambda keys, *a, **k: seen.append(keys) or real(keys, *a, **k))
+    real = base.select_trusted
+    monkeypatch.setattr(base, "select_trusted", lambda keys, *a, **k: seen.append(keys) or real(keys, *a, **k))
     names = ("default", "keys before RoPE (no positions in duplication)")
     result = ablate(default_model_path(), images=2, videos=1, keep_ratios=(0.111,), variants=names, batch_size=2)
     assert set(result["scores"]) == set(names) and all(0.0 <= s <= 1.0 for s in result["scores"].values())

@@ -175,6 +175,45 @@ def test_layer_zero_per_item_budgets_and_settings(family):
         handle.remove()
 
 
+def test_stats_stay_on_the_device_until_read(family):
+    """The forward leaves the stats as one device tensor (no read-back mid-forward); the first
+    read of `last_stats` turns them into `ItemStats`, and a new call replaces them."""
+    name, model, processor, items = family
+    handle = enable_pruning(model, keep_tokens=[3, 5], layer=1)
+    try:
+        generate(model, encode(processor, items[:2]), n=2)
+        assert isinstance(handle._pending, torch.Tensor) and handle._pending.shape == (3, 2)
+        first = handle.last_stats
+        assert handle._pending is None and handle.last_stats is first
+        assert [s.visual_after for s in first] == [3, 5] and all(0.0 < s.fidelity <= 1.0 + 1e-5 for s in first)
+        handle.configure(keep_tokens=[4, 2])
+        generate(model, encode(processor, items[:2]), n=2)
+        assert [s.visual_after for s in handle.last_stats] == [4, 2]
+    finally:
+        handle.remove()
+
+
+def test_fixed_budgets_round_half_to_even_and_refuse_a_wrong_count(family):
+    """Budgets are worked out on the host from the call's token counts: round(ratio x count), as
+    torch.round did on the device, then at least `min_tokens` and at most the count; one value
+    serves every item, and a list of the wrong length is refused by name."""
+    name, model, processor, items = family
+    handle = enable_pruning(model, keep_ratio=0.5, min_tokens=1, layer=1)
+    try:
+        assert handle._fixed_budgets([25, 27, 1, 0]) == [12, 14, 1, 0]
+        handle.configure(keep_ratio=[0.5])
+        assert handle._fixed_budgets([25, 27]) == [12, 14]
+        handle.configure(keep_tokens=[3, 40])
+        assert handle._fixed_budgets([10, 30]) == [3, 30]
+        handle.configure(keep_tokens=None, keep_ratio=[0.5, 0.1, 0.2])
+        with pytest.raises(ValueError, match="keep_ratio has 3 values for a batch of 2 items"):
+            generate(model, encode(processor, items[:2]), n=1)
+        handle.configure(fidelity_target=0.9)
+        assert handle._fixed_budgets([25, 27]) is None
+    finally:
+        handle.remove()
+
+
 def test_adaptive_budget_reaches_target(family):
     name, model, processor, items = family
     handle = enable_pruning(model, fidelity_target=0.95, layer=1)
@@ -207,8 +246,8 @@ def test_rotary_keys_off_scores_with_the_same_keys_before_rotation(family, monke
         seen.append(keys)
         return base_select(keys, *args, **kwargs)
 
-    base_select = base.select_tokens
-    monkeypatch.setattr(base, "select_tokens", spy)
+    base_select = base.select_trusted
+    monkeypatch.setattr(base, "select_trusted", spy)
     batch = encode(processor, items[:2])
     handle = enable_pruning(model, layer=1, keep_ratio=0.3)
     try:
@@ -237,7 +276,7 @@ def test_qwen3_vl_deepstack_features_follow_the_kept_tokens(tmp_path, monkeypatc
     batch = encode(processor, MIXED)
     text_model = type(model.model.language_model)
     calls, selections = [], []
-    deepstack, select = text_model._deepstack_process, base.select_tokens
+    deepstack, select = text_model._deepstack_process, base.select_trusted
 
     def deepstack_spy(self, hidden, mask, embeds):
         calls.append((hidden.shape[:2], mask.clone(), embeds.clone()))
@@ -248,7 +287,7 @@ def test_qwen3_vl_deepstack_features_follow_the_kept_tokens(tmp_path, monkeypatc
         return selections[-1]
 
     monkeypatch.setattr(text_model, "_deepstack_process", deepstack_spy)
-    monkeypatch.setattr(base, "select_tokens", select_spy)
+    monkeypatch.setattr(base, "select_trusted", select_spy)
     with torch.no_grad():
         model(**batch)
         full = [embeds for _, _, embeds in calls]
