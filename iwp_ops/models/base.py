@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -107,6 +108,7 @@ class PruningHandle:
         self.enabled = True
         self._stats: list[ItemStats] = []
         self._pending: Tensor | None = None
+        self._ready: torch.cuda.Event | None = None
         self._call: _Call | None = None
         self._originals: dict[int, Any] = {}
         self._hooks: list[Any] = []
@@ -168,11 +170,21 @@ class PruningHandle:
             raise ValueError("fidelity_target measures the weight with rotated keys: it needs rotary_keys=True")
         if s["query_tokens"] < 1 or s["min_tokens"] < 0:
             raise ValueError("query_tokens must be at least 1 and min_tokens at least 0")
+        counts = {"min_tokens": [s["min_tokens"]], "max_tokens": [] if s["max_tokens"] is None else [s["max_tokens"]],
+                  "keep_tokens": [] if s["keep_tokens"] is None else
+                  list(s["keep_tokens"]) if isinstance(s["keep_tokens"], Sequence) else [s["keep_tokens"]]}
+        for name, values in counts.items():
+            if any(isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 0 for v in values):
+                raise ValueError(f"{name} must be a non-negative int (or, for keep_tokens, one per item); "
+                                 f"got {s[name]!r}")
 
     @property
     def last_stats(self) -> list[ItemStats]:
-        if self._pending is not None:
-            read, self._pending = self._pending.tolist(), None
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            if self._ready is not None:
+                self._ready.synchronize()
+            read = pending.tolist()
             fidelity = read[2] if len(read) > 2 else [math.nan] * len(read[0])
             self._stats = [ItemStats(int(b), int(a), None if math.isnan(f) else f)
                            for b, a, f in zip(read[0], read[1], fidelity)]
@@ -224,7 +236,7 @@ class PruningHandle:
         if cache is not None and cache.get_seq_length() > 0:
             return
         self._call = None
-        self._stats, self._pending = [], None
+        self._stats, self._pending, self._ready = [], None, None
         if not self.enabled or input_ids is None:
             return
         attention = kwargs.get("attention_mask")
@@ -342,7 +354,7 @@ class PruningHandle:
         chosen = torch.zeros(b, length + 1, dtype=torch.bool, device=hidden.device)
         chosen.scatter_(1, torch.where(selected >= 0, selected, length), True)
         keep |= chosen[:, :length]
-        self._record(call, keys, values, selected, budget)
+        self._record(call, keys, values, selected, (chosen[:, :length] & call.visual).sum(-1))
 
         # Every method keeps exactly its budget (at most the candidates), so fixed budgets give
         # the kept length on the host; the adaptive one is read back.
@@ -385,14 +397,18 @@ class PruningHandle:
             device=hidden.device,
         )
 
-    def _record(self, call: _Call, keys: Tensor, values: Tensor, selected: Tensor, budget: Tensor) -> None:
-        """Per-item stats as one device tensor, read back in one copy when `last_stats` is read
-        (counts are exact in float32). The inputs come from the model and the selection, so the
-        fidelity skips the public function's checks, each of which would wait on the device."""
-        rows = [call.visual.sum(-1).float(), budget.float()]
+    def _record(self, call: _Call, keys: Tensor, values: Tensor, selected: Tensor, kept: Tensor) -> None:
+        """Per-item stats (visual tokens, those kept, fidelity) as one device tensor, read back in
+        one copy when `last_stats` is read (counts are exact in float32). The inputs come from the
+        model and the selection, so the fidelity skips the public function's checks, each of which
+        would wait on the device."""
+        rows = [call.visual.sum(-1).float(), kept.float()]
         if self.settings["record_fidelity"]:
             rows.append(unchecked_fidelity(keys, values, selected, call.visual).float())
         self._pending = torch.stack(rows)
+        if self._pending.is_cuda:  # the read may come on another stream
+            self._ready = torch.cuda.Event()
+            self._ready.record()
 
 
 def enable_pruning(model: nn.Module, method: str = "iwp", keep_ratio: float | Sequence[float] = 0.222, layer: int = 2,

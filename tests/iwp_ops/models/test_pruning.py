@@ -210,6 +210,9 @@ def test_fixed_budgets_round_half_to_even_and_refuse_a_wrong_count(family):
             generate(model, encode(processor, items[:2]), n=1)
         handle.configure(fidelity_target=0.9)
         assert handle._fixed_budgets([25, 27]) is None
+        for bad in (dict(keep_tokens=2.9), dict(keep_tokens=[3, -1]), dict(min_tokens=1.5), dict(max_tokens=True)):
+            with pytest.raises(ValueError, match="must be a non-negative int"):
+                handle.configure(**bad)
     finally:
         handle.remove()
 

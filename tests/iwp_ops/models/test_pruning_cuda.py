@@ -43,5 +43,5 @@ def test_layer_k_waits_on_the_gpu_at_most_once(tmp_path, arch):
             hook.remove()
         handle.remove()
     syncs = [str(w.message) for w in caught if "synchroniz" in str(w.message).lower()]
-    assert len(syncs) <= 1, syncs
+    assert len(syncs) == 1, syncs  # PC-MMR's check that every budget is filled, seen: the count is live
     assert all(s.visual_after == round(0.3 * s.visual_before) for s in handle.last_stats)
