@@ -17,14 +17,15 @@
 #      whole encoder timed with each segment-attention path and (--compile) with compiled blocks.
 # bench_model.py compiles the vision blocks on CUDA, as the pipeline does (--vision-compile off
 # to compare); each of its processes pays the compilation once (~50 s, less from the on-disk cache).
-# Usage: benchmarks/run_gpu.sh OUTDIR [PARTS, default "1 2 3 4 5 6 7"]   (one JSON per part and run.log, all output, land in OUTDIR)
+#   0. the CUDA-only tests (PC-MMR's graphs, the packed vision attention, syncs at layer K).
+# Usage: benchmarks/run_gpu.sh OUTDIR [PARTS, default "0 1 2 3 4 5 6 7"]   (one JSON per part and run.log, all output, land in OUTDIR)
 # Needs torch with CUDA and transformers 5.24.x (the pinned range). Where the machine has another
 # transformers, install the 5.24 wheel beside it first, e.g.
 #   pip install --no-deps --target /tmp/site transformers-5.24.0-py3-none-any.whl && export PYTHONPATH=/tmp/site
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${1:?usage: benchmarks/run_gpu.sh OUTDIR [PARTS]}
-parts=" ${2:-1 2 3 4 5 6 7} "
+parts=" ${2:-0 1 2 3 4 5 6 7} "
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1
 PY=${PYTHON:-python3}
@@ -36,6 +37,9 @@ bench() {  # bench NAME LIMIT_S ARGS...: one bench_model.py run, its JSON named 
   timeout "$limit" "$PY" benchmarks/bench_model.py --device cuda --config 7b --out "$out/$name.json" "${@:3}" \
     2>&1 | tee -a "$out/run.log"
 }
+[[ $parts == *" 0 "* ]] && PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" timeout "${TEST_LIMIT_S:-180}" "$PY" -m pytest \
+  --noconftest -q -p no:cacheprovider tests/iwp_ops/test_pcmmr_cuda_graphs.py \
+  tests/iwp_ops/models/test_vision_attention_cuda.py tests/iwp_ops/models/test_pruning_cuda.py 2>&1 | tee -a "$out/run.log"
 [[ $parts == *" 1 "* ]] && bench bench_model_7b "${PART_LIMIT_S:-230}" --repeats 3 --no-batch
 [[ $parts == *" 2 "* ]] && bench bench_model_7b_loop "${PART_LIMIT_S:-230}" --repeats 3 --no-batch --vision-attention loop
 [[ $parts == *" 3 "* ]] && bench bench_model_7b_long "${PART_LIMIT_S:-230}" --repeats 3 --no-batch \
