@@ -92,6 +92,13 @@ def _gather_tokens(x: Tensor, index: Tensor) -> Tensor:
     return x.gather(1, index[..., None].expand(-1, -1, x.shape[-1]))
 
 
+def _per_item(value: Any) -> list[Any]:
+    """A setting given as one value or one per item, as a list (empty for None)."""
+    if value is None:
+        return []
+    return list(value) if isinstance(value, Sequence) else [value]
+
+
 class PruningHandle:
     """Returned by `enable_pruning`: change, disable or remove pruning; read per-item stats.
 
@@ -159,8 +166,7 @@ class PruningHandle:
         layers = len(self.language_model.layers)
         if not 0 <= s["layer"] < layers:
             raise ValueError(f"layer must be in [0, {layers - 1}] for this model, got {s['layer']}")
-        ratios = s["keep_ratio"] if isinstance(s["keep_ratio"], Sequence) else [s["keep_ratio"]]
-        if any(not 0.0 < float(r) <= 1.0 for r in ratios):
+        if any(not 0.0 < float(r) <= 1.0 for r in _per_item(s["keep_ratio"])):
             raise ValueError(f"keep_ratio must be in (0, 1], got {s['keep_ratio']}")
         if s["fidelity_target"] is not None and not 0.0 < s["fidelity_target"] <= 1.0:
             raise ValueError(f"fidelity_target must be in (0, 1], got {s['fidelity_target']}")
@@ -168,13 +174,10 @@ class PruningHandle:
             raise ValueError("fidelity_target (adaptive budget) is defined by IWP's selection: use method 'iwp'")
         if s["fidelity_target"] is not None and not s["rotary_keys"]:
             raise ValueError("fidelity_target measures the weight with rotated keys: it needs rotary_keys=True")
-        if s["query_tokens"] < 1 or s["min_tokens"] < 0:
-            raise ValueError("query_tokens must be at least 1 and min_tokens at least 0")
-        counts = {"min_tokens": [s["min_tokens"]], "max_tokens": [] if s["max_tokens"] is None else [s["max_tokens"]],
-                  "keep_tokens": [] if s["keep_tokens"] is None else
-                  list(s["keep_tokens"]) if isinstance(s["keep_tokens"], Sequence) else [s["keep_tokens"]]}
-        for name, values in counts.items():
-            if any(isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 0 for v in values):
+        if s["query_tokens"] < 1:
+            raise ValueError("query_tokens must be at least 1")
+        for name in ("min_tokens", "max_tokens", "keep_tokens"):
+            if any(isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 0 for v in _per_item(s[name])):
                 raise ValueError(f"{name} must be a non-negative int (or, for keep_tokens, one per item); "
                                  f"got {s[name]!r}")
 
@@ -299,7 +302,7 @@ class PruningHandle:
         if s["fidelity_target"] is not None:
             return None
         name = "keep_tokens" if s["keep_tokens"] is not None else "keep_ratio"
-        per_item = list(s[name]) if isinstance(s[name], Sequence) else [s[name]]
+        per_item = _per_item(s[name])
         if len(per_item) == 1:
             per_item *= len(counts)
         if len(per_item) != len(counts):
