@@ -255,6 +255,14 @@ def replicate(encoded, batch: int, device) -> dict:
     return out
 
 
+def vision_inputs(encoded, device, dtype):
+    """The vision encoder's inputs of one encoded medium (video or image): pixels in `dtype` and
+    the grid, on `device`."""
+    video = "pixel_values_videos" in encoded
+    pixels = encoded["pixel_values_videos" if video else "pixel_values"]
+    return pixels.to(device, dtype), encoded["video_grid_thw" if video else "image_grid_thw"].to(device)
+
+
 def grids_of(encoded) -> list[tuple[int, int, int]]:
     grid = encoded.get("video_grid_thw", encoded.get("image_grid_thw"))
     return [tuple(int(v) for v in row) for row in grid]
@@ -390,13 +398,8 @@ def compare_vision_attention(model, media: dict, device, repeats: int) -> dict:
 
     import iwp_ops
 
-    def inputs(kind: str, dtype):
-        enc = media[kind]
-        key, grid = ("pixel_values", "image_grid_thw") if kind == "image" else ("pixel_values_videos", "video_grid_thw")
-        return enc[key].to(device, dtype), enc[grid].to(device)
-
     def run(visual, kind: str):
-        pixels, grids = inputs(kind, next(visual.parameters()).dtype)
+        pixels, grids = vision_inputs(media[kind], device, next(visual.parameters()).dtype)
         with torch.inference_mode():
             return visual(pixels, grid_thw=grids).pooler_output.float()
 
@@ -709,10 +712,9 @@ def main() -> None:
         iwp_ops.compile_vision_blocks(model)
         t0 = time.perf_counter()
         for enc in media.values():
-            key = "pixel_values_videos" if "pixel_values_videos" in enc else "pixel_values"
-            grid = enc["video_grid_thw" if key == "pixel_values_videos" else "image_grid_thw"]
+            pixels, grid = vision_inputs(enc, device, dtype)
             with torch.inference_mode():
-                model.model.visual(enc[key].to(device, dtype), grid_thw=grid.to(device))
+                model.model.visual(pixels, grid_thw=grid)
         _sync(device)
         args.vision_compile_s = time.perf_counter() - t0
         print(f"vision blocks compiled (iwp_ops.compile_vision_blocks): first calls took {args.vision_compile_s:.1f} s",

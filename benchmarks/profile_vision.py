@@ -9,9 +9,10 @@ the patch embedding), the operators that took most, and the achieved FLOP rate a
 FLOP count of `bench_model.vision_flops`.
 
 It also times the whole encoder with each way of running its segment attention, in one process:
-transformers' call per segment, `packed_attention`'s padded call, and on a CUDA GPU its
-FlashAttention variable-length call (the pipeline's choice there); and, with ``--compile``, the
-blocks under ``torch.compile`` (`iwp_ops.compile_vision_blocks`, as the pipeline runs them on CUDA).
+transformers' call per segment, `packed_attention`'s padded call, and on a CUDA GPU its call to
+torch's variable-length attention ("flash varlen": the pipeline's choice there, FlashAttention 2
+or cuDNN); and, with ``--compile``, the blocks under ``torch.compile``
+(`iwp_ops.compile_vision_blocks`, as the pipeline runs them on CUDA).
 
 Usage: ``python benchmarks/profile_vision.py [--device cpu|cuda] [--config mid|7b]
 [--frames 64] [--video-size 392x392] [--repeats 3] [--compile] [--out PATH]``
@@ -28,7 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.bench_model import (CONFIGS, build, device_name, encode, grids_of, parse_size,  # noqa: E402
-                                    timed, vision_flops)
+                                    timed, vision_flops, vision_inputs)
 
 # Operator name fragments per family, first match wins; anything else is "other elementwise".
 FAMILIES = (
@@ -51,8 +52,7 @@ def profile_encoder(model, encoded, device, repeats: int) -> dict:
     from torch.profiler import ProfilerActivity, profile
 
     visual = model.model.visual
-    pixels = encoded["pixel_values_videos"].to(device, next(visual.parameters()).dtype)
-    grid = encoded["video_grid_thw"].to(device)
+    pixels, grid = vision_inputs(encoded, device, next(visual.parameters()).dtype)
 
     def run() -> None:
         with torch.inference_mode():
@@ -76,11 +76,11 @@ def time_attention_variants(model, encoded, device, repeats: int, compile_blocks
     leaves the model as the pipeline runs it."""
     import torch
 
+    import iwp_ops
     from iwp_ops.models import vision_attention
 
     visual = model.model.visual
-    pixels = encoded["pixel_values_videos"].to(device, next(visual.parameters()).dtype)
-    grid = encoded["video_grid_thw"].to(device)
+    pixels, grid = vision_inputs(encoded, device, next(visual.parameters()).dtype)
     config = visual.config
 
     def seconds() -> dict:
@@ -99,8 +99,7 @@ def time_attention_variants(model, encoded, device, repeats: int, compile_blocks
     if device.type == "cuda":
         out["flash varlen"] = seconds()
     if compile_blocks:
-        for block in visual.blocks:
-            block.compile(dynamic=True)
+        iwp_ops.compile_vision_blocks(model)
         start = timed(lambda: visual(pixels, grid_thw=grid), device)
         out["compiled blocks"] = {**seconds(), "first_call_s": start}
     return out

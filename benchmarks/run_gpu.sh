@@ -2,6 +2,7 @@
 # The GPU checks of issue #5 in one run, for a short lease on a CUDA machine, with the real
 # Qwen2.5-VL-7B configuration (random weights, bf16). Parts, each under its own time limit so
 # that one overrun still leaves the others' results:
+#   0. the CUDA-only tests (PC-MMR's graphs, the packed vision attention, syncs at layer K).
 #   1. bench_model.py, batch 1, the default 16x336x336 video and 672x672 image, the vision
 #      attention packed (as the pipeline runs it); it first times the vision encoder alone,
 #      per-window loop against packed, and checks that both give the same features;
@@ -16,8 +17,7 @@
 #      family, with the patch embedding as a matrix product and as transformers' Conv3d, and the
 #      whole encoder timed with each segment-attention path and (--compile) with compiled blocks.
 # bench_model.py compiles the vision blocks on CUDA, as the pipeline does (--vision-compile off
-# to compare); each of its processes pays the compilation once (~50 s, less from the on-disk cache).
-#   0. the CUDA-only tests (PC-MMR's graphs, the packed vision attention, syncs at layer K).
+# to compare); each of its processes compiles a video graph and an image graph (45-53 s on the H100).
 # Usage: benchmarks/run_gpu.sh OUTDIR [PARTS, default "0 1 2 3 4 5 6 7"]   (one JSON per part and run.log, all output, land in OUTDIR)
 # Needs torch with CUDA and transformers 5.24.x (the pinned range). Where the machine has another
 # transformers, install the 5.24 wheel beside it first, e.g.
