@@ -15,17 +15,19 @@
 #   6. bench_select.py --quick on CUDA (selection time and memory as N grows);
 #   7. profile_vision.py: where the 64x392x392 video's vision encoder spends its time, by operator
 #      family, with the patch embedding as a matrix product and as transformers' Conv3d, and the
-#      whole encoder timed with each segment-attention path and (--compile) with compiled blocks.
+#      whole encoder timed with each segment-attention path and (--compile) with compiled blocks;
+#   8. profile_prefill.py: the 64x392x392 video's whole prefill profiled with no synchronisation
+#      inside, unpruned vs 11.1 %, at batch 1, 4 and 8 (host vs device time per stage, device busy).
 # bench_model.py compiles the vision blocks on CUDA, as the pipeline does (--vision-compile off
 # to compare); each of its processes compiles a video graph and an image graph (45-53 s on the H100).
-# Usage: benchmarks/run_gpu.sh OUTDIR [PARTS, default "0 1 2 3 4 5 6 7"]   (one JSON per part and run.log, all output, land in OUTDIR)
+# Usage: benchmarks/run_gpu.sh OUTDIR [PARTS, default "0 1 2 3 4 5 6 7 8"]   (one JSON per part and run.log, all output, land in OUTDIR)
 # Needs torch with CUDA and transformers 5.24.x (the pinned range). Where the machine has another
 # transformers, install the 5.24 wheel beside it first, e.g.
 #   pip install --no-deps --target /tmp/site transformers-5.24.0-py3-none-any.whl && export PYTHONPATH=/tmp/site
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${1:?usage: benchmarks/run_gpu.sh OUTDIR [PARTS]}
-parts=" ${2:-0 1 2 3 4 5 6 7} "
+parts=" ${2:-0 1 2 3 4 5 6 7 8} "
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1
 PY=${PYTHON:-python3}
@@ -56,4 +58,6 @@ if [[ $parts == *" 7 "* ]]; then
   timeout "${COMPILE_LIMIT_S:-200}" "$PY" benchmarks/profile_vision.py --device cuda --patch-embed linear --compile \
     --out "$out/profile_vision_linear.json" 2>&1 | tee -a "$out/run.log"
 fi
+[[ $parts == *" 8 "* ]] && timeout "${PART_LIMIT_S:-200}" "$PY" benchmarks/profile_prefill.py --device cuda --repeats 3 \
+  --batches 1 4 8 --out "$out/profile_prefill_batches.json" 2>&1 | tee -a "$out/run.log"
 exit 0

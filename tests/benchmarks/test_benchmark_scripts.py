@@ -55,6 +55,28 @@ def test_vision_profile_accounts_for_the_encoder_by_operator_family(tmp_path):
     assert profile_vision.family("aten::_scaled_dot_product_flash_attention_for_cpu") == "attention"
 
 
+def test_prefill_profile_splits_each_prefill_into_stages(tmp_path):
+    import profile_prefill
+
+    out = tmp_path / "prefill.json"
+    result = profile_prefill.main(["--device", "cpu", "--frames", "4", "--video-size", "56x56", "--repeats", "1",
+                                   "--batches", "1", "2", "--out", str(out)])
+    assert json.loads(out.read_text()) == result
+    assert set(result["results"]) == {"eager, batch 1", "eager, batch 2"}
+    assert result["meta"]["visual_kept"] < result["meta"]["visual_tokens"] and result["meta"]["flop_ideal"] > 1
+    for cells in result["results"].values():
+        assert set(cells) == {"1.0", "0.111"}
+        for cell in cells.values():
+            profile = cell["profile"]
+            stages = profile["stages"]
+            assert set(stages) == {*profile_prefill.STAGES, "rest"}
+            assert all(stages[s]["host_s"] > 0 for s in profile_prefill.STAGES)
+            # On a CPU the stages' host times and the rest make up the profiled prefill.
+            assert sum(s["host_s"] for s in stages.values()) == pytest.approx(profile["wall_s"])
+            assert profile["busy_s"] is None and profile["top_ops"]
+    assert profile_prefill._union([(0, 2), (1, 3), (5, 6)]) == 4
+
+
 def test_stage_timer_reads_only_while_on(tiny_model_dir):
     """Timed prefills run with the stage timer off (its syncs would slow them on a GPU); the runs
     that split the time by stage run with it on and account for every stage."""
