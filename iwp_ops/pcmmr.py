@@ -39,6 +39,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
+from dataclasses import fields
 
 import torch
 from torch import Tensor
@@ -175,9 +176,14 @@ class _Graphs:
         return entry[2]
 
     @staticmethod
+    def inputs(features: PairFeatures, mhat: Tensor, informative: Tensor, mask: Tensor, budget: Tensor) -> list[Tensor]:
+        """The tensors a graph copies in: the features' fields, in order, then the rest."""
+        return [getattr(features, f.name) for f in fields(PairFeatures)] + [mhat, informative, mask, budget]
+
+    @staticmethod
     def _build(static: list[Tensor], width: int, options: dict) -> _Greedy:
-        keys, half_sq, units, logw, mhat, informative, mask, budget = static
-        state = _Greedy(PairFeatures(keys, half_sq, units, logw), mhat, informative, mask, budget, width,
+        split = len(fields(PairFeatures))
+        state = _Greedy(PairFeatures(*static[:split]), *static[split:], width,
                         options["lam"], options["pool_factor"], options["dup_threshold"], None)
         for size in _plan(options["chunk"], width)[0]:
             state.step(size)
@@ -216,8 +222,7 @@ def admission_order(features: PairFeatures, mhat: Tensor, informative: Tensor, m
     if CUDA_GRAPHS and frames is None and mhat.is_cuda and not torch.cuda.is_current_stream_capturing():
         options = {"lam": lam, "chunk": chunk if chunk is None or isinstance(chunk, int) else tuple(chunk),
                    "pool_factor": pool_factor, "dup_threshold": dup_threshold}
-        inputs = [features.keys, features.half_sq, features.units, features.logw, mhat, informative, mask, budget]
-        state = _GRAPHS.run(inputs, width, options)
+        state = _GRAPHS.run(_Graphs.inputs(features, mhat, informative, mask, budget), width, options)
     if state is None:
         state = _Greedy(features, mhat, informative, mask, budget, width, lam, pool_factor, dup_threshold, frames)
         for size in planned:

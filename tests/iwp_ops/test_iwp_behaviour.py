@@ -202,3 +202,24 @@ def test_visionzip_merges_each_token_into_its_most_similar_target(ref):
         members = [i for i, o in owner.items() if o == t]
         expected = hidden[0, t] + (hidden[0, members].mean(0) if members else 0)
         torch.testing.assert_close(features[0, indices[0].tolist().index(t)], expected)
+
+
+def test_the_graph_build_runs_the_planned_steps_on_the_inputs_it_is_given():
+    """What a CUDA graph captures (`_Graphs._build` on the tensors `_Graphs.inputs` lists) admits
+    what the eager loop admits; checked here on the CPU, where no graph is captured, so that a
+    change to the features cannot leave the GPU's path reading the wrong tensors."""
+    from iwp_ops import pcmmr
+    from iwp_ops.scoring import relevance
+
+    gen = torch.Generator().manual_seed(3)
+    keys, values = torch.randn(2, 4, 300, 16, generator=gen) * 2, torch.randn(2, 4, 300, 16, generator=gen)
+    mask = torch.rand(2, 300, generator=gen) > 0.2
+    budget, width = torch.tensor([40, 25]), 40
+    mhat, features, informative = relevance(keys, values, mask, queries=None, heads="layer", how="log_minmax")
+    options = {"lam": 0.5, "chunk": None, "pool_factor": 2, "dup_threshold": 0.9}
+    built = pcmmr._Graphs._build(pcmmr._Graphs.inputs(features, mhat, informative, mask, budget), width, options)
+    eager = pcmmr._Greedy(features, mhat, informative, mask, budget, width, 0.5, 2, 0.9, None)
+    for size in pcmmr._plan(None, width)[0]:
+        eager.step(size)
+    assert torch.equal(built.order, eager.order) and torch.equal(built.filled, eager.filled)
+    assert int(built.filled.min()) > 0
