@@ -58,6 +58,6 @@ if [[ $parts == *" 7 "* ]]; then
   timeout "${COMPILE_LIMIT_S:-200}" "$PY" benchmarks/profile_vision.py --device cuda --patch-embed linear --compile \
     --out "$out/profile_vision_linear.json" 2>&1 | tee -a "$out/run.log"
 fi
-[[ $parts == *" 8 "* ]] && timeout "${PART_LIMIT_S:-200}" "$PY" benchmarks/profile_prefill.py --device cuda --repeats 3 \
+[[ $parts == *" 8 "* ]] && echo "=== profile_prefill: --batches 1 4 8" | tee -a "$out/run.log" && timeout "${PART_LIMIT_S:-200}" "$PY" benchmarks/profile_prefill.py --device cuda --repeats 3 \
   --batches 1 4 8 --out "$out/profile_prefill_batches.json" 2>&1 | tee -a "$out/run.log"
 exit 0

@@ -56,6 +56,8 @@ def test_vision_profile_accounts_for_the_encoder_by_operator_family(tmp_path):
 
 
 def test_prefill_profile_splits_each_prefill_into_stages(tmp_path):
+    """Every module call of a prefill opens one range of its stage (the mid config: 10 decoder
+    layers, K=2), at the batch asked for. The device columns need CUDA and are not checked here."""
     import profile_prefill
 
     out = tmp_path / "prefill.json"
@@ -64,15 +66,16 @@ def test_prefill_profile_splits_each_prefill_into_stages(tmp_path):
     assert json.loads(out.read_text()) == result
     assert set(result["results"]) == {"eager, batch 1", "eager, batch 2"}
     assert result["meta"]["visual_kept"] < result["meta"]["visual_tokens"] and result["meta"]["flop_ideal"] > 1
-    for cells in result["results"].values():
+    ranges = dict(zip(profile_prefill.STAGES, (1, 2, 1, 7)))
+    for label, cells in result["results"].items():
         assert set(cells) == {"1.0", "0.111"}
         for cell in cells.values():
             profile = cell["profile"]
+            assert profile["batch"] == int(label.rsplit(" ", 1)[1])
             stages = profile["stages"]
-            assert set(stages) == {*profile_prefill.STAGES, "rest"}
+            assert {s: stages[s]["ranges"] for s in profile_prefill.STAGES} == ranges
             assert all(stages[s]["host_s"] > 0 for s in profile_prefill.STAGES)
-            # On a CPU the stages' host times and the rest make up the profiled prefill.
-            assert sum(s["host_s"] for s in stages.values()) == pytest.approx(profile["wall_s"])
+            assert 0 < stages["rest"]["host_s"] < profile["wall_s"]
             assert profile["busy_s"] is None and profile["top_ops"]
     assert profile_prefill._union([(0, 2), (1, 3), (5, 6)]) == 4
 

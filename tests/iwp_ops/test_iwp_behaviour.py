@@ -207,19 +207,25 @@ def test_visionzip_merges_each_token_into_its_most_similar_target(ref):
 def test_the_graph_build_runs_the_planned_steps_on_the_inputs_it_is_given():
     """What a CUDA graph captures (`_Graphs._build` on the tensors `_Graphs.inputs` lists) admits
     what the eager loop admits; checked here on the CPU, where no graph is captured, so that a
-    change to the features cannot leave the GPU's path reading the wrong tensors."""
+    change to the features cannot leave the GPU's path reading the wrong tensors. The data make
+    every input matter: near-duplicates (keys, units), zero values (informative) and masked
+    tokens (mask) move the order away from plain top relevance."""
     from iwp_ops import pcmmr
     from iwp_ops.scoring import relevance
 
-    gen = torch.Generator().manual_seed(3)
-    keys, values = torch.randn(2, 4, 300, 16, generator=gen) * 2, torch.randn(2, 4, 300, 16, generator=gen)
-    mask = torch.rand(2, 300, generator=gen) > 0.2
-    budget, width = torch.tensor([40, 25]), 40
+    one = heavy_duplicates(seed=3, groups=10, copies=8, light=120)
+    keys, values = (torch.cat([t, t.roll(5, 2)]) for t in one[:2])
+    values[1, :, 90:100] = 0.0
+    mask = torch.ones(2, keys.shape[2], dtype=torch.bool)
+    mask[1, :40:3] = False
+    budget, width = torch.tensor([60, 180]), 180  # item 1 keeps all but 6 of its 186 candidates
     mhat, features, informative = relevance(keys, values, mask, queries=None, heads="layer", how="log_minmax")
+    assert not torch.equal(informative, mask)
     options = {"lam": 0.5, "chunk": None, "pool_factor": 2, "dup_threshold": 0.9}
     built = pcmmr._Graphs._build(pcmmr._Graphs.inputs(features, mhat, informative, mask, budget), width, options)
     eager = pcmmr._Greedy(features, mhat, informative, mask, budget, width, 0.5, 2, 0.9, None)
     for size in pcmmr._plan(None, width)[0]:
         eager.step(size)
     assert torch.equal(built.order, eager.order) and torch.equal(built.filled, eager.filled)
-    assert int(built.filled.min()) > 0
+    assert set(eager.order[0, :60].tolist()) != set(mhat[0].topk(60).indices.tolist())
+    assert not set(eager.order[1, :180].tolist()) & set(range(0, 40, 3))
