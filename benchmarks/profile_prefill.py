@@ -77,6 +77,7 @@ class StageMarks:
 
 
 def _union(intervals: list[tuple[float, float]]) -> float:
+    """Length covered by the intervals: busy time counts overlapping kernels once."""
     total, end = 0.0, float("-inf")
     for start, stop in sorted(intervals):
         if stop > end:
