@@ -318,6 +318,13 @@ def measure_memory(fn, device) -> dict:
     return {"before": before, "peak": peak, "extra": peak - before, "kind": kind}
 
 
+def stage_modules(model, layer: int) -> list[tuple[object, int]]:
+    """The vision encoder and each decoder layer with its stage: 0 vision, 1 before K, 2 layer K,
+    3 after K (the order of `StageTimer.STAGES` and `profile_prefill.STAGES`)."""
+    layers = model.model.language_model.layers
+    return [(model.model.visual, 0)] + [(m, 1 if i < layer else 2 if i == layer else 3) for i, m in enumerate(layers)]
+
+
 class StageTimer:
     """Times the vision encoder, the decoder layers before K, layer K (the selection included) and
     the layers after K while `on`, synchronising on CUDA around each. Those syncs stop the host
@@ -332,9 +339,8 @@ class StageTimer:
         self.totals = dict.fromkeys(self.STAGES, 0.0)
         self._starts: dict[int, float] = {}
         self.hooks: list = []
-        self._watch(model.model.visual, "vision")
-        for index, module in enumerate(model.model.language_model.layers):
-            self._watch(module, "before_k" if index < layer else "at_k" if index == layer else "after_k")
+        for module, stage in stage_modules(model, layer):
+            self._watch(module, self.STAGES[stage])
 
     def _watch(self, module, stage: str) -> None:
         key = id(module)
@@ -636,6 +642,7 @@ def main() -> None:
     import transformers
 
     import iwp_ops
+    from iwp_ops.models.vision_compile import SETTINGS, compile_wanted
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu")
@@ -663,7 +670,7 @@ def main() -> None:
     parser.add_argument("--vision-attention", choices=("packed", "loop"), default="packed",
                         help="packed: one attention call per vision block, as the pipeline runs it "
                              "(iwp_ops.pack_vision_attention); loop: transformers' own call per window")
-    parser.add_argument("--vision-compile", choices=("auto", "on", "off"), default="auto",
+    parser.add_argument("--vision-compile", choices=SETTINGS, default="auto",
                         help="torch.compile the vision blocks (iwp_ops.compile_vision_blocks); auto: on CUDA only, "
                              "as the pipeline runs it")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "bench_model.json")
@@ -707,7 +714,7 @@ def main() -> None:
     if args.vision_attention == "packed":
         packing = compare_vision_attention(model, media, device, args.repeats)
     print(f"vision attention: {model.config.vision_config._attn_implementation}", flush=True)
-    args.vision_compile = args.vision_compile == "on" or (args.vision_compile == "auto" and device.type == "cuda")
+    args.vision_compile = compile_wanted(args.vision_compile, device)
     if args.vision_compile:  # compiled before any reading: the first call per shape family compiles
         iwp_ops.compile_vision_blocks(model)
         t0 = time.perf_counter()

@@ -43,7 +43,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.bench_model import (CONFIGS, build, device_name, encode, flop_model, grids_of,  # noqa: E402
-                                    parse_size, prefill, replicate, set_ratio, timed, vision_inputs)
+                                    parse_size, prefill, replicate, set_ratio, stage_modules, timed,
+                                    vision_inputs)
 
 STAGES = ("vision", "layers < K", "layer K", "layers > K")
 
@@ -57,11 +58,8 @@ class StageMarks:
 
         self.hooks = []
         self.open: dict[int, object] = {}
-        watched = [(model.model.visual, STAGES[0])] + [
-            (m, STAGES[1] if i < layer else STAGES[2] if i == layer else STAGES[3])
-            for i, m in enumerate(model.model.language_model.layers)]
-        for module, stage in watched:
-            def pre(module, *_, stage=stage):
+        for module, index in stage_modules(model, layer):
+            def pre(module, *_, stage=STAGES[index]):
                 mark = torch.profiler.record_function(stage)
                 mark.__enter__()
                 self.open[id(module)] = mark
@@ -204,6 +202,7 @@ def main(argv: list[str] | None = None) -> dict:
     import transformers
 
     import iwp_ops
+    from iwp_ops.models.vision_compile import SETTINGS, compile_wanted
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu")
@@ -215,7 +214,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--batches", type=int, nargs="+", default=[1],
                         help="batch sizes (identical copies of the video): the host's share shrinks as the batch grows")
-    parser.add_argument("--vision-compile", choices=("auto", "on", "off"), default="auto")
+    parser.add_argument("--vision-compile", choices=SETTINGS, default="auto")
     parser.add_argument("--compile-language", choices=("none", "pieces", "attention"), default="none")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "profile_prefill.json")
     args = parser.parse_args(argv)
@@ -227,7 +226,7 @@ def main(argv: list[str] | None = None) -> dict:
     encoded = encode(processor, "video", args.video_size, args.frames, seed=1)
     iwp_ops.flatten_patch_embedding(model)
     iwp_ops.pack_vision_attention(model)
-    if args.vision_compile == "on" or (args.vision_compile == "auto" and device.type == "cuda"):
+    if compile_wanted(args.vision_compile, device):
         iwp_ops.compile_vision_blocks(model)
         pixels, grid = vision_inputs(encoded, device, dtype)
         with torch.inference_mode():

@@ -56,6 +56,7 @@ def load_model(cfg: PipelineConfig):
     from transformers import AutoModelForImageTextToText
 
     from iwp_ops import compile_vision_blocks, flatten_patch_embedding, pack_vision_attention
+    from iwp_ops.models.vision_compile import compile_wanted
 
     device = resolve_device(cfg.model.device)
     model = AutoModelForImageTextToText.from_pretrained(
@@ -66,7 +67,7 @@ def load_model(cfg: PipelineConfig):
     )
     pack_vision_attention(model)
     flatten_patch_embedding(model)
-    if cfg.model.compile_vision == "on" or (cfg.model.compile_vision == "auto" and device.type == "cuda"):
+    if compile_wanted(cfg.model.compile_vision, device):
         compile_vision_blocks(model)
     return model.to(device).eval()
 

@@ -13,9 +13,21 @@ uncompiled, with a warning.
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 from .vision_attention import ARCHITECTURES
+
+SETTINGS = ("auto", "on", "off")
+
+
+def compile_wanted(setting: str, device: torch.device) -> bool:
+    """``auto|on|off`` as the pipeline's ``model.compile_vision`` and the benchmarks read it: auto
+    compiles on CUDA only, since on a CPU each model actor would pay the compilation to save
+    about a tenth of its encoder's time."""
+    if setting not in SETTINGS:
+        raise ValueError(f"vision compile setting must be one of {SETTINGS}, got {setting!r}")
+    return setting == "on" or (setting == "auto" and torch.device(device).type == "cuda")
 
 
 def compile_vision_blocks(model: nn.Module) -> bool:

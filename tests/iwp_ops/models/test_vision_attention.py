@@ -132,3 +132,13 @@ def test_compile_leaves_other_models_alone(tmp_path):
                                                         local_files_only=True)
     assert not compile_vision_blocks(llava)
     assert all(module._compiled_call_impl is None for module in llava.modules())
+
+
+def test_compile_setting_auto_means_cuda_only():
+    from iwp_ops.models.vision_compile import compile_wanted
+
+    assert [compile_wanted(s, torch.device("cpu")) for s in ("auto", "on", "off")] == [False, True, False]
+    assert [compile_wanted(s, torch.device("cuda", 0)) for s in ("auto", "on", "off")] == [True, True, False]
+    assert compile_wanted("auto", "cuda") and not compile_wanted("auto", "cpu")
+    with pytest.raises(ValueError, match="auto"):
+        compile_wanted("yes", torch.device("cpu"))
