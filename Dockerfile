@@ -40,6 +40,7 @@ COPY --chown=1000:100 pipeline /tmp/src/pipeline
 COPY --chown=1000:100 jobs /tmp/src/jobs
 COPY --chown=1000:100 iwp_ops /tmp/src/iwp_ops
 COPY --chown=1000:100 reference /tmp/src/reference
+COPY --chown=1000:100 scenes /tmp/src/scenes
 RUN pip install "ray[default,data]==${RAY_VERSION}" /tmp/src \
  && rm -rf /tmp/src \
  && iwp-annotate --help > /dev/null

@@ -1,6 +1,6 @@
 """What decoding each item in a child process (`pipeline.sandbox`) costs per item.
 
-On generated media (H.264 mp4s and PNGs from `reference.media`), each item is decoded with
+On generated media (H.264 mp4s and PNGs from `scenes.media`), each item is decoded with
 the pipeline's own `decode_row` in this process, then through the child process
 (`decode_isolation` on, warm child), alternating rounds so machine load hits both alike.
 Reported: mean ms per item for each and the difference (the per-item overhead: one round
@@ -25,7 +25,7 @@ from pathlib import Path
 from pipeline import sandbox
 from pipeline.config import DecodeIsolationConfig, SamplingConfig
 from pipeline.decode import decode_row
-from reference.media import write_image, write_video
+from scenes.media import write_image, write_video
 
 
 def rows(root: Path, videos: int, images: int) -> list[dict]:

@@ -33,7 +33,7 @@ model: the LLM dominates, the vision encoder is 29 % of the default video's pref
 decoder layers, K = 2 leaves a larger share at full length than in the 28-layer 7B, so its
 FLOP ideal is lower (printed beside it: the 7B's ideal for the same inputs). ``--config 7b``
 is the real Qwen2.5-VL-7B-Instruct configuration in bf16, for a GPU. Inputs are random-pixel frames encoded by a real
-Qwen2.5-VL processor (word-level tokenizer from ``reference.tiny_model``). Random weights
+Qwen2.5-VL processor (word-level tokenizer from ``reference.builders``). Random weights
 give meaningless tokens but the same amount of work; ``min_new_tokens`` forces every run
 to N new tokens.
 
@@ -198,7 +198,7 @@ def build(spec: dict, device, dtype, seed: int = 0):
     from transformers import (Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor,
                               Qwen2VLImageProcessor, Qwen2VLVideoProcessor)
 
-    from reference.tiny_model import QWEN_TEMPLATE, build_tokenizer
+    from reference.builders import QWEN_TEMPLATE, build_tokenizer
 
     tokenizer = build_tokenizer()
     ids = tokenizer.convert_tokens_to_ids

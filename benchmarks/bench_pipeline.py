@@ -1,8 +1,8 @@
 """End-to-end pipeline throughput against the model's own ceiling, and decode speed.
 
 On media generated into a temporary directory (H.264 mp4s and PNGs from
-`reference.media`) and a saved, randomly initialised Qwen2.5-VL from
-`reference.tiny_model` (made bigger than the test model with --hidden/--layers: the
+`scenes.media`) and a saved, randomly initialised Qwen2.5-VL from
+`reference.builders` (made bigger than the test model with --hidden/--layers: the
 default 128 x 8 layers makes the model stage cost roughly 4x decode + preprocess per
 item on these clips, so the model is the bottleneck stage, as it is on a GPU, but decode
 is far from free; the output prints the measured ratio), this measures:
@@ -150,7 +150,7 @@ def versions() -> dict:
 
 def make_media(root: Path, videos: int, images: int, frames: int, fps: int) -> list[dict]:
     """Videos and images interleaved, so every model batch holds a similar mix."""
-    from reference.media import write_image, write_video
+    from scenes.media import write_image, write_video
 
     media = root / "media"
     media.mkdir(parents=True, exist_ok=True)
@@ -667,7 +667,7 @@ def main(argv: list[str] | None = None) -> int:
         work = args.workdir
         work.mkdir(parents=True, exist_ok=True)
     try:
-        from reference.tiny_model import build_tiny_model
+        from tests.support.tiny_models import build_tiny_model
 
         phases: dict[str, float] = {}
         loads: dict[str, list[float]] = {}

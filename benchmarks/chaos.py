@@ -1,7 +1,7 @@
 """Every fault from the reliability tests on one small job, counted the same way: what was lost,
 what was duplicated, and what the fault cost in wall time against a clean run.
 
-The job: `--items` real items (every 4th an H.264 mp4, the rest PNGs, `reference.faults.
+The job: `--items` real items (every 4th an H.264 mp4, the rest PNGs, `tests.support.faults.
 media_manifest`) captioned by the tests' tiny random Qwen2.5-VL through the CLI
 (`iwp-annotate run`, `--max-new-tokens 24`), each scenario into a fresh output directory:
 
@@ -41,6 +41,7 @@ import random
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -50,10 +51,11 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.failpoints import CRASH_ENV
-from reference.cluster import LocalCluster
-from reference.faults import (cli_command, cli_env, fill, kill_random_worker, media_manifest, mount_tmpfs,
-                              stage_workers, remount, result_files, tally, unmount, wait_for)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.support lives beside the package, uninstalled
+from pipeline.failpoints import CRASH_ENV  # noqa: E402
+from tests.support.cluster import LocalCluster  # noqa: E402
+from tests.support.faults import (cli_command, cli_env, fill, kill_random_worker, media_manifest,  # noqa: E402
+                                  mount_tmpfs, remount, result_files, stage_workers, tally, unmount, wait_for)
 
 
 class Job:
@@ -179,7 +181,7 @@ def main() -> None:
     p.add_argument("--items", type=int, default=48)
     p.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "chaos.json")
     args = p.parse_args()
-    from reference.tiny_model import build_tiny_model
+    from tests.support.tiny_models import build_tiny_model
 
     results: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="iwp-chaos-") as tmp:

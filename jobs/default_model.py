@@ -1,7 +1,7 @@
 """Where the embedded default model comes from when no --model is given.
 
 The default is the reference model shipped in `reference/model/`: a small Qwen2.5-VL-architecture
-model trained (by `python -m reference.train`) on the procedural scenes of `reference.scenes`.
+model trained (by `python -m reference.train`) on the procedural scenes of `scenes.scene`.
 It describes coloured shapes on textured backgrounds, nothing else; callers say so to the user.
 """
 

@@ -11,7 +11,7 @@ from jobs.sample_data import demo_scenes, make_sample_dataset
 from pipeline.config import ModelConfig, PipelineConfig
 from pipeline.run import run_pipeline
 from pipeline.sink import read_results
-from reference.grading import caption_scores
+from scenes.grading import caption_scores
 
 
 def run_demo(workdir: Path) -> None:

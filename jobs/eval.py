@@ -1,6 +1,6 @@
 """`iwp-annotate eval`: what visual-token pruning costs in accuracy on held-out scenes.
 
-Runs the model on a split of `reference.scenes` (images and videos separately), unpruned, blind
+Runs the model on a split of `scenes.scene` (images and videos separately), unpruned, blind
 (each question about another scene's pixels: what the answer format and priors alone score), and
 with every pruning method at each keep ratio, and grades captions (attribute accuracy, exact
 match) and tag answers (F1). Inputs are built once with the pipeline's own `build_inputs`
@@ -21,9 +21,9 @@ import torch
 
 from pipeline.collate import collate
 from pipeline.engine import _FirstStepClock
-from reference.grading import caption_scores, tag_f1
-from reference.scenes import MEDIA_TYPES, Scene, scenes
-from reference.train import TASKS, model_inputs
+from scenes.grading import caption_scores, tag_f1
+from scenes.scene import MEDIA_TYPES, Scene, scenes
+from scenes.inputs import TASKS, model_inputs
 
 KEEP_RATIOS = (0.353, 0.222, 0.111, 0.056)
 PAPER_RETENTION = {0.353: 97.9, 0.222: 95.6, 0.111: 90.5}  # IWP on LLaVA-OneVision-7B, % of unpruned

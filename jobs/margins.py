@@ -21,7 +21,7 @@ from jobs.eval import load
 from jobs.sample_data import demo_scenes
 from pipeline.collate import collate
 from pipeline.config import PruningConfig
-from reference.train import model_inputs
+from scenes.inputs import model_inputs
 
 
 @torch.inference_mode()

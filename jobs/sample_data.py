@@ -7,7 +7,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from reference.scenes import Scene, scenes
+from scenes.scene import Scene, scenes
 
 DEMO_SPLIT = "test"  # held-out scenes: the default model never trained on them
 

@@ -1,1 +1,2 @@
-"""The project's own small Qwen2.5-VL-architecture model: builders and media generators."""
+"""The project's own reference model: how it is built (`builders`) and trained (`train`), and the
+shipped weights in `reference/model/` (see MODEL_CARD.md)."""

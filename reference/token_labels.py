@@ -17,9 +17,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from reference.media import COLOURS, SHAPES
-from reference.scenes import HEIGHT, MOTIONS, SIZES, TEMPORAL_PATCH, WIDTH, Scene
-from reference.scenes import TOKEN_PX as CELL
+from scenes.media import COLOURS, SHAPES
+from scenes.scene import HEIGHT, MOTIONS, SIZES, TEMPORAL_PATCH, WIDTH, Scene
+from scenes.scene import TOKEN_PX as CELL
 
 FIELDS = (("colour", tuple(COLOURS)), ("shape", SHAPES), ("size", tuple(SIZES)), ("motion", MOTIONS))
 MIN_COVER = 0.2  # share of a token's pixels an object must cover to label it
@@ -48,7 +48,7 @@ def token_labels(scene: Scene) -> np.ndarray:
     """int64 [tokens, len(FIELDS)]: class + 1 of each field for the object covering the token, 0 for background.
 
     Motion is a field the vision tower can see: a moving shape drifts within each temporal patch
-    (`reference.scenes.NUDGE`), and an image's objects are still."""
+    (`scenes.scene.NUDGE`), and an image's objects are still."""
     owner = token_objects(scene)
     labels = np.zeros((len(owner), len(FIELDS)), np.int64)
     for k, (field, values) in enumerate(FIELDS):

@@ -1,8 +1,8 @@
 """Train the shipped reference VLM on procedural scenes, on a CPU or one GPU, reproducibly.
 
 The model is transformers' own Qwen2_5_VLForConditionalGeneration with a small config,
-the word-level tokenizer and the stock Qwen2-VL processors (as in `reference.tiny_model`),
-trained to caption and to tag images and videos from `reference.scenes`. Inputs go through
+the word-level tokenizer and the stock Qwen2-VL processors (as in `reference.builders`),
+trained to caption and to tag images and videos from `scenes.scene`. Inputs go through
 the pipeline's own `build_inputs`, so training sees exactly what a job feeds the model; data-loader
 workers render each step's scenes (`StepBatches`). Besides the answer loss, training-only signals
 speed it up on a small budget: the per-token probes of `reference.token_labels` (what object and
@@ -32,14 +32,10 @@ import torch
 
 import iwp_ops
 from pipeline.collate import collate
-from pipeline.preprocess import build_inputs
-from pipeline.tags import default_tag_prompt
-from reference.scenes import TAG_VOCABULARY, VIDEO_FPS, Scene, make_scene
+from scenes.inputs import TASKS, model_inputs
+from scenes.scene import Scene, make_scene
 from reference.token_labels import TokenProbe, token_cells, token_labels, token_objects
-from reference.tiny_model import qwen_model
-
-TASKS = ("caption", "tag")
-TAG_PROMPT = default_tag_prompt(TAG_VOCABULARY)
+from reference.builders import qwen_model
 
 # Text: 4 layers of width 256 (8 heads of 32). M-RoPE gives the width section the lowest
 # frequencies; with the usual base 10^4 they barely rotate across a 16-token row. Base 100
@@ -66,20 +62,6 @@ def build_model_and_processor(seed: int):
     model.generation_config.pad_token_id = processor.tokenizer.pad_token_id
     model.generation_config.eos_token_id = processor.tokenizer.eos_token_id
     return model, processor
-
-
-def prompt_for(scene: Scene, task: str) -> str:
-    return TAG_PROMPT if task == "tag" else scene.prompt
-
-
-def target_for(scene: Scene, task: str) -> str:
-    return scene.tag_answer() if task == "tag" else scene.caption()
-
-
-def model_inputs(processor, scene: Scene, task: str) -> dict[str, np.ndarray]:
-    """What the pipeline would feed the model for this scene and task (no answer)."""
-    return build_inputs(processor, scene.frames(), scene.media_type, prompt_for(scene, task),
-                        float(VIDEO_FPS) if scene.media_type == "video" else 0.0)
 
 
 def answer_ids(tokenizer, scene: Scene, task: str) -> tuple[list[int], list[int]]:

@@ -7,13 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from reference.cluster import LocalCluster, free_port
-from reference.media import write_image, write_video
+from tests.support.cluster import LocalCluster, free_port
+from scenes.media import write_image, write_video
 
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
-    from reference.tiny_model import build_tiny_model
+    from tests.support.tiny_models import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("tiny-model"))
 
@@ -61,7 +61,7 @@ def unused_port():
 def ray_cluster():
     """Start a real multi-node Ray cluster on this machine with `ray start` (loopback, token auth).
 
-    Yields a `reference.cluster.LocalCluster`: call it as `ray_cluster(nodes=2, metrics_ports=(),
+    Yields a `tests.support.cluster.LocalCluster`: call it as `ray_cluster(nodes=2, metrics_ports=(),
     head_cpus=1) -> (address, env)`, where `metrics_ports` gives each node its Ray metrics
     export port (every node serves its own workers' metrics); `kill_node(i)` kills a node.
     Everything it started is stopped at teardown. Each node but the head gets one CPU.

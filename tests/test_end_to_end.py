@@ -108,7 +108,7 @@ def test_other_families_run_the_whole_pipeline_pruned(tmp_path, media, ray_local
     the same stages, pruned at K=1 so DeepStack's later layers run on the kept tokens.
     LLaVA-OneVision: its image sizes and crop stacks through `pipeline.collate` (padding crop stacks
     of different counts is tested in tests/pipeline/test_collate.py)."""
-    from reference.tiny_model import build_tiny_model
+    from tests.support.tiny_models import build_tiny_model
 
     model = build_tiny_model(tmp_path / arch, arch=arch)
     cfg = PipelineConfig(

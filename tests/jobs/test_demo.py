@@ -4,7 +4,7 @@ import sys
 
 from jobs.sample_data import demo_scenes
 from pipeline.sink import read_results
-from reference.grading import caption_scores
+from scenes.grading import caption_scores
 
 
 def test_demo_runs_the_shipped_model_and_captions_its_scenes(tmp_path):

@@ -18,7 +18,7 @@ def test_relative_is_percent_of_unpruned_on_the_same_modality():
 
 def test_blind_items_take_the_next_scenes_pixels():
     from jobs.eval import Item, blind
-    from reference.scenes import make_scene
+    from scenes.scene import make_scene
 
     items = [Item(make_scene("val", "image", i), t, {"input_ids": i, "pixel_values": 10 * i + j})
              for i in range(3) for j, t in enumerate(("caption", "tag"))]

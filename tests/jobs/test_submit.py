@@ -24,7 +24,7 @@ import yaml
 import jobs.submit as submit_module
 from jobs.spec import SpecError
 from jobs.submit import ENTRYPOINT, SubmitError, add_submit_commands, prepare_submission, submit
-from reference.media import write_image
+from scenes.media import write_image
 
 VENV_BIN = Path(sys.executable).parent
 

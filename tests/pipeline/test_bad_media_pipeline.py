@@ -12,7 +12,7 @@ from PIL import Image
 from pipeline.config import ModelConfig, PipelineConfig, SamplingConfig
 from pipeline.run import run_pipeline
 from pipeline.sink import read_dead_letter, read_results
-from reference.media import write_video
+from scenes.media import write_video
 
 
 def audio_only(path):

@@ -9,7 +9,7 @@ import threading
 
 from pipeline.config import GenerationConfig, ModelConfig, PipelineConfig
 from pipeline.run import run_pipeline
-from reference.faults import kill_random_worker, media_manifest, tally
+from tests.support.faults import kill_random_worker, media_manifest, tally
 
 KILLS = 5
 

@@ -9,7 +9,7 @@ from transformers import AutoModelForImageTextToText
 
 from pipeline.collate import collate
 from pipeline.preprocess import build_inputs, load_processor
-from reference.tiny_model import build_tiny_model
+from tests.support.tiny_models import build_tiny_model
 
 RNG = np.random.default_rng(0)
 # Different aspects: LLaVA-OneVision crops them into different numbers of patches.

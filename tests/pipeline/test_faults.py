@@ -16,8 +16,8 @@ import pytest
 from pipeline.config import GenerationConfig, ModelConfig, PipelineConfig
 from pipeline.run import run_pipeline
 from pipeline.sink import read_results
-from reference.faults import MODEL_WORKER, result_files, stage_workers, wait_for
-from reference.media import write_image
+from tests.support.faults import MODEL_WORKER, result_files, stage_workers, wait_for
+from scenes.media import write_image
 
 
 def image_manifest(root: Path, count: int) -> str:

@@ -23,7 +23,7 @@ from pipeline.config import ModelConfig, PipelineConfig
 from pipeline.progress import StallError
 from pipeline.run import run_pipeline
 from pipeline.sink import read_results
-from reference.media import write_image
+from scenes.media import write_image
 
 pytestmark = pytest.mark.skipif(not shutil.which("prometheus") or not shutil.which("prometheus-pushgateway"),
                                 reason="Debian's prometheus and prometheus-pushgateway are not installed (.ci/run installs them)")

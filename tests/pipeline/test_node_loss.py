@@ -7,7 +7,7 @@ import os
 import signal
 import subprocess
 
-from reference.faults import cli_command, media_manifest, stage_workers, tally, wait_for
+from tests.support.faults import cli_command, media_manifest, stage_workers, tally, wait_for
 
 
 def test_a_killed_worker_node_is_survived_and_every_id_written_once(ray_cluster, tmp_path, tiny_model_dir):

@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 
 from pipeline.failpoints import CRASH_ENV
 from pipeline.sink import read_dead_letter, read_results
-from reference.faults import cli_command, cli_env, media_manifest, tally
+from tests.support.faults import cli_command, cli_env, media_manifest, tally
 
 
 def test_crashing_and_hanging_items_are_quarantined_as_failed_rows(tmp_path, tiny_model_dir):

@@ -10,7 +10,7 @@ import textwrap
 import time
 
 from pipeline.runlog import read_records
-from reference.faults import cli_command, cli_env, media_manifest, result_files, tally, wait_for
+from tests.support.faults import cli_command, cli_env, media_manifest, result_files, tally, wait_for
 
 GRACE_S = 20
 

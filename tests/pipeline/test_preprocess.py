@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from pipeline.preprocess import build_inputs, load_processor
-from reference.tiny_model import build_tiny_model
+from tests.support.tiny_models import build_tiny_model
 
 FRAMES = np.random.default_rng(0).integers(0, 255, (8, 64, 96, 3), dtype=np.uint8)
 

@@ -13,7 +13,7 @@ import threading
 from pathlib import Path
 
 from pipeline.config import ModelConfig, PipelineConfig
-from reference.faults import cli_command, cli_env, media_manifest, tally
+from tests.support.faults import cli_command, cli_env, media_manifest, tally
 
 REPO = Path(__file__).resolve().parents[2]
 SECRET = "iwp-test-secret-7f3a9c1e5b"

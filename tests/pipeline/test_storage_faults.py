@@ -9,7 +9,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from reference.faults import (cli_command, cli_env, fill, media_manifest, mount_tmpfs, remount, result_files, tally,
+from tests.support.faults import (cli_command, cli_env, fill, media_manifest, mount_tmpfs, remount, result_files, tally,
                               unmount, wait_for)
 
 

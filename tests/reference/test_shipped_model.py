@@ -10,9 +10,9 @@ import torch
 
 from jobs.default_model import default_model_path
 from jobs.eval import Item, generate, load
-from reference.grading import caption_scores, tag_f1
-from reference.scenes import make_scene
-from reference.train import model_inputs
+from scenes.grading import caption_scores, tag_f1
+from scenes.scene import make_scene
+from scenes.inputs import model_inputs
 
 MODEL = default_model_path()
 # On the scenes below the shipped model scored 0.98 (image) and 1.0 (video) caption attribute

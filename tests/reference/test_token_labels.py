@@ -3,8 +3,8 @@
 import numpy as np
 import torch
 
-from reference.media import COLOURS
-from reference.scenes import MOTIONS, make_scene
+from scenes.media import COLOURS
+from scenes.scene import MOTIONS, make_scene
 from reference.token_labels import CELL, TokenProbe, token_labels
 
 

@@ -7,10 +7,11 @@ import pytest
 import torch
 
 import iwp_ops
-from reference.scenes import make_scene
+from scenes.scene import make_scene
 from reference.token_labels import token_objects
-from reference.train import (POINTER_HEADS, PRUNE_LAYER, TASKS, StepBatches, answer_ids, answer_loss, batch_of,
-                             build_model_and_processor, pointer_loss, pruned_steps, target_for, train, training_example)
+from reference.train import (POINTER_HEADS, PRUNE_LAYER, StepBatches, answer_ids, answer_loss, batch_of,
+                             build_model_and_processor, pointer_loss, pruned_steps, train, training_example)
+from scenes.inputs import TASKS, target_for
 
 
 @pytest.fixture(scope="module")

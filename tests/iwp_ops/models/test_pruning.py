@@ -8,7 +8,7 @@ import torch
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from iwp_ops import METHODS, enable_pruning
-from reference.tiny_model import build_tiny_model
+from tests.support.tiny_models import build_tiny_model
 
 FAMILIES = ("qwen2_5_vl", "qwen2_vl", "qwen3_vl", "qwen3_vl_moe", "llava_onevision")
 

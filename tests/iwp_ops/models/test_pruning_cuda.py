@@ -15,7 +15,7 @@ import torch
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from iwp_ops import enable_pruning
-from reference.tiny_model import build_tiny_model
+from tests.support.tiny_models import build_tiny_model
 from tests.iwp_ops.models.test_pruning import MIXED, encode
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")

@@ -8,7 +8,7 @@ import torch
 from transformers import AttentionInterface, AutoModelForImageTextToText, AutoProcessor
 
 from iwp_ops.models.vision_attention import NAME, pack_vision_attention, packed_attention
-from reference.tiny_model import build_tiny_model
+from tests.support.tiny_models import build_tiny_model
 
 
 @pytest.fixture(scope="module", params=("qwen2_5_vl", "qwen2_vl", "qwen3_vl"))

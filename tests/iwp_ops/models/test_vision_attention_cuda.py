@@ -70,7 +70,7 @@ def test_tiny_qwen_encoder_on_the_gpu_matches_the_stock_loop(tmp_path):
     from transformers import AutoModelForImageTextToText
 
     from iwp_ops import compile_vision_blocks, pack_vision_attention
-    from reference.tiny_model import build_tiny_model
+    from tests.support.tiny_models import build_tiny_model
 
     path = build_tiny_model(tmp_path, arch="qwen2_5_vl")
     load = lambda: AutoModelForImageTextToText.from_pretrained(path, local_files_only=True,  # noqa: E731

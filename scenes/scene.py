@@ -4,7 +4,7 @@ A scene is a few coloured shapes (colour, shape, size, a cell of a 3x3 grid, and
 video a motion direction) on a smooth textured background. Only the few tokens covering
 the shapes answer the question, so most visual tokens are redundant: the setting visual-token
 pruning is about. Captions and tag answers are derived deterministically from the ground
-truth with words the word-level tokenizer knows (`reference.tiny_model.WORDS`).
+truth with words the word-level tokenizer knows (`reference.builders.WORDS`).
 
 Shapes sit on the 28-pixel grid of merged visual tokens: a small shape fills the middle of one
 token, a large one is centred on a token corner, and a moving shape steps one token per
@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from reference.media import COLOURS, SHAPES, write_frames
+from scenes.media import COLOURS, SHAPES, write_frames
 
 TOKEN_PX = 28  # pixels per side of one merged visual token (patch 14, 2x2 merge)
 TEMPORAL_PATCH = 2  # frames per video token

@@ -11,8 +11,8 @@ import itertools
 import re
 
 from pipeline.tags import parse_tags
-from reference.media import COLOURS, SHAPES
-from reference.scenes import COLS, MOTIONS, ROWS, SIZES, TAG_VOCABULARY, Scene
+from scenes.media import COLOURS, SHAPES
+from scenes.scene import COLS, MOTIONS, ROWS, SIZES, TAG_VOCABULARY, Scene
 
 ATTRIBUTES = {"image": ("colour", "shape", "size", "position"), "video": ("colour", "shape", "size", "position", "motion")}
 _POSITIONS = {(ROWS[c // 3] + " " + COLS[c % 3]) if c != 4 else "center": c for c in range(9)}

@@ -5,9 +5,9 @@ import pytest
 
 from pipeline.decode import decode_video
 from pipeline.config import SamplingConfig
-from reference.media import COLOURS
-from reference.scenes import HEIGHT, TAG_VOCABULARY, VIDEO_FRAMES, WIDTH, make_scene, scenes
-from reference.tiny_model import build_tokenizer
+from scenes.media import COLOURS
+from scenes.scene import HEIGHT, TAG_VOCABULARY, VIDEO_FRAMES, WIDTH, make_scene, scenes
+from reference.builders import build_tokenizer
 
 
 def test_same_arguments_same_scene_and_pixels():
@@ -72,7 +72,7 @@ def test_written_video_decodes_to_all_frames(tmp_path):
 def test_shapes_sit_on_the_token_grid_and_move_one_token_per_temporal_patch():
     """Small shapes fill one token's middle, large ones centre on a token corner, at each temporal
     patch's first frame; in its second frame a moving shape has drifted NUDGE pixels its way."""
-    from reference.scenes import NUDGE, SIZES, TEMPORAL_PATCH, TOKEN_PX
+    from scenes.scene import NUDGE, SIZES, TEMPORAL_PATCH, TOKEN_PX
 
     for s in scenes("val", "image", 20) + scenes("val", "video", 20):
         for o in s.objects:

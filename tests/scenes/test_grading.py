@@ -2,8 +2,8 @@
 
 import pytest
 
-from reference.grading import ATTRIBUTES, caption_scores, parse_caption, tag_f1
-from reference.scenes import make_scene, scenes
+from scenes.grading import ATTRIBUTES, caption_scores, parse_caption, tag_f1
+from scenes.scene import make_scene, scenes
 
 
 @pytest.mark.parametrize("media", ["image", "video"])

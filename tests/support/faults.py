@@ -19,7 +19,7 @@ import psutil
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from reference.media import write_image, write_video
+from scenes.media import write_image, write_video
 
 # Ray titles its worker processes "ray::<what runs there>"; these name our stages' workers.
 MODEL_WORKER, CPU_STAGE_WORKER = "ModelEngine", "run_stage"
