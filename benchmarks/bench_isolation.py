@@ -7,14 +7,13 @@ Reported: mean ms per item for each and the difference (the per-item overhead: o
 trip over a socket pair, pickling the arguments and the decoded frames), and the one-off
 cost of starting a child (paid once per Ray worker, and again after each crash or timeout).
 
-Usage: ``python benchmarks/bench_isolation.py [--videos N] [--images M] [--rounds R] [--out PATH]``
-(under a minute on 2 cores). Prints a table and writes JSON to benchmarks/results/bench_isolation.json.
+Usage: ``python -m benchmarks.bench_isolation [--videos N] [--images M] [--rounds R] [--out PATH]``
+(under a minute on 2 cores). Prints a table and writes JSON to benchmarks/results/cpu/bench_isolation.json.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -22,6 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchmarks.harness.report import RESULTS, table, write_json
 from pipeline import sandbox
 from pipeline.config import DecodeIsolationConfig, SamplingConfig
 from pipeline.decode import decode_row
@@ -41,7 +41,7 @@ def rows(root: Path, videos: int, images: int) -> list[dict]:
     return [{"id": p.name, "uri": str(p), "media_type": None, "prompt": None, "start_s": None, "end_s": None} for p in out]
 
 
-def timed(items: list[dict], cfg: SamplingConfig, isolation: DecodeIsolationConfig | None) -> list[float]:
+def decode_times(items: list[dict], cfg: SamplingConfig, isolation: DecodeIsolationConfig | None) -> list[float]:
     times = []
     for item in items:
         started = time.perf_counter()
@@ -51,13 +51,13 @@ def timed(items: list[dict], cfg: SamplingConfig, isolation: DecodeIsolationConf
     return times
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--videos", type=int, default=10)
     p.add_argument("--images", type=int, default=10)
     p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "bench_isolation.json")
-    args = p.parse_args()
+    p.add_argument("--out", type=Path, default=RESULTS / "cpu" / "bench_isolation.json")
+    args = p.parse_args(argv)
     cfg, isolation = SamplingConfig(num_frames=8), DecodeIsolationConfig()
     with tempfile.TemporaryDirectory() as tmp:
         items = rows(Path(tmp), args.videos, args.images)
@@ -65,28 +65,28 @@ def main() -> None:
         for _ in range(3):
             sandbox._SANDBOX.close()
             started = time.perf_counter()
-            timed(items[:1], cfg, isolation)  # a cold child: start, imports, then one item
+            decode_times(items[:1], cfg, isolation)  # a cold child: start, imports, then one item
             starts.append(time.perf_counter() - started)
-        timed(items, cfg, None)  # warm this process's decoders too
+        decode_times(items, cfg, None)  # warm this process's decoders too
         inside, isolated = {"video": [], "image": []}, {"video": [], "image": []}
         for _ in range(args.rounds):
             for kind, part in (("video", items[:args.videos]), ("image", items[args.videos:])):
-                inside[kind] += timed(part, cfg, None)
-                isolated[kind] += timed(part, cfg, isolation)
+                inside[kind] += decode_times(part, cfg, None)
+                isolated[kind] += decode_times(part, cfg, isolation)
         sandbox._SANDBOX.close()
     result = {"date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "machine": platform.node(),
               "cpus": os.cpu_count(), "load_avg": os.getloadavg(), "sampling": cfg.model_dump(), "rounds": args.rounds,
               "cold_child_first_item_ms": round(1000 * statistics.median(starts), 1), "per_item": {}}
-    print(f"{'media':<8} {'items':>5} {'in-process ms':>14} {'isolated ms':>12} {'overhead ms':>12}")
     for kind in ("video", "image"):
         a, b = statistics.mean(inside[kind]) * 1000, statistics.mean(isolated[kind]) * 1000
         result["per_item"][kind] = {"items": len(inside[kind]), "in_process_ms": round(a, 2), "isolated_ms": round(b, 2),
                                     "overhead_ms": round(b - a, 2), "overhead_pct": round(100 * (b - a) / a, 1)}
-        print(f"{kind:<8} {len(inside[kind]):>5} {a:>14.2f} {b:>12.2f} {b - a:>12.2f}")
+    print(table((("media", -8), ("items", 5), ("in-process ms", 14), ("isolated ms", 12), ("overhead ms", 12)),
+                [(kind, r["items"], f"{r['in_process_ms']:.2f}", f"{r['isolated_ms']:.2f}", f"{r['overhead_ms']:.2f}")
+                 for kind, r in result["per_item"].items()]))
     print(f"cold child (start + imports + first item): {result['cold_child_first_item_ms']} ms, once per Ray worker")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    write_json(args.out, result)
+    return result
 
 
 if __name__ == "__main__":

@@ -27,15 +27,14 @@ is far from free; the output prints the measured ratio), this measures:
      and model load, every batch, the final reconcile);
    - model stage after its first call: items the model finished after its first
      call ÷ time from that call's end to the last call's end, read by polling the
-     run's `ProgressBoard` every 0.1 s (its handle is kept by wrapping
-     `pipeline.run.ProgressBoard` in this process). This leaves out Ray Data's
+     run's `ProgressBoard` every 0.1 s (handed to this script by `run_pipeline`'s
+     `observer`, `pipeline.run.RunObserver`). This leaves out Ray Data's
      start, the model actor's process start, model load and the first call; it is
      slightly optimistic when decode is the slower stage, since decode runs ahead
      while the model loads. It is split at the moment preprocessing finished: the
      model's rate while decode/preprocess tasks still shared the CPUs, and after;
    - output side: items after the first output batch ÷ time from the first to the
-     last output batch reaching the driver (`pipeline.run.ProgressDisplay` wrapped
-     likewise). Ray Data delivers output in bursts (the write tasks wait for CPU on a
+     last output batch reaching the driver (the observer's `delivered`). Ray Data delivers output in bursts (the write tasks wait for CPU on a
      small machine), so this one is coarse; it is kept for reference.
    Efficiency = e2e items/s ÷ matched-ceiling items/s; the target is >= 0.9 once
    decode has enough CPU. On a machine with few cores, decode, preprocess, Ray's own
@@ -54,10 +53,10 @@ is far from free; the output prints the measured ratio), this measures:
    far less than frames per wall-second. If `ffmpeg` is not on PATH that
    row says so instead of failing. PIL image decode (`decode_image`) is reported too.
 
-Usage: ``python benchmarks/bench_pipeline.py [--quick] [--videos N] [--images M] [--frames F]
+Usage: ``python -m benchmarks.bench_pipeline [--quick] [--videos N] [--images M] [--frames F]
 [--hidden H] [--layers L] [--rows-per-call R] [--all-cores-ceiling] [--out PATH]``
 (default about 3 minutes on 2 cores, --quick under a minute). Prints a table and writes JSON (config,
-versions, date, load averages, all numbers) to benchmarks/results/bench_pipeline.json.
+versions, date, load averages, all numbers) to benchmarks/results/cpu/bench_pipeline.json.
 """
 
 from __future__ import annotations
@@ -77,13 +76,11 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 
-import numpy as np  # noqa: E402
-import pyarrow as pa  # noqa: E402
-import pyarrow.parquet as pq  # noqa: E402
+from benchmarks.harness.report import RESULTS, write_json
 
 TARGET_EFFICIENCY = 0.9
 VIDEO_SIZE = (240, 320)  # (height, width)
@@ -113,7 +110,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmup-items", type=int, default=4, help="items in the e2e warm-up manifest")
     p.add_argument("--ray-logs", action="store_true", help="show Ray worker logs on the driver")
     p.add_argument("--workdir", type=Path, help="keep media, model and outputs here instead of a temp dir")
-    p.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "bench_pipeline.json")
+    p.add_argument("--out", type=Path, default=RESULTS / "cpu" / "bench_pipeline.json")
     args = p.parse_args(argv)
     args.videos = args.videos if args.videos is not None else (18 if args.quick else 144)
     args.images = args.images if args.images is not None else (6 if args.quick else 48)
@@ -428,24 +425,25 @@ def actor_threads(num_cpus: float) -> dict:
     return {"torch_threads": threads, "OMP_NUM_THREADS": omp}
 
 
-class BoardPoller:
-    """Polls the run's ProgressBoard (per-stage rows done) every `interval` seconds.
-
-    `run_pipeline` creates the board itself; `pipeline.run.ProgressBoard` is wrapped in
-    this process only, to keep its handle. Stage counts are reported by the stages when a
-    batch finishes, so the model stage's timeline shows each model call's completion
-    (to within `interval`), unaffected by when Ray Data gets the results to the driver.
-    """
+class RunWatcher:
+    """The run's observer (`pipeline.run.RunObserver`): polls its ProgressBoard (per-stage rows
+    done) every `interval` seconds from a thread, and notes when each output batch reaches the
+    driver. Stage counts are reported by the stages when a batch finishes, so the model stage's
+    timeline shows each model call's completion (to within `interval`), unaffected by when Ray
+    Data gets the results to the driver."""
 
     def __init__(self, interval: float = 0.1):
-        self.interval, self.samples, self.error = interval, [], None
+        self.interval, self.samples, self.batches, self.error = interval, [], [], None
         self._handle, self._stop = None, None
 
-    def attach(self, handle) -> None:
+    def started(self, board) -> None:
         import threading
 
-        self._handle, self._stop = handle, threading.Event()
+        self._handle, self._stop = board, threading.Event()
         threading.Thread(target=self._loop, name="bench-board-poller", daemon=True).start()
+
+    def delivered(self, rows: int) -> None:
+        self.batches.append((time.perf_counter(), rows))
 
     def _loop(self) -> None:
         import ray
@@ -480,36 +478,17 @@ def _stage_timeline(samples: list[tuple[float, dict]], t0: float, total: int) ->
 
 def run_e2e(cfg) -> dict:
     """One `run_pipeline`: its RunReport, output-batch arrivals and the per-stage timeline."""
-    import pipeline.run as run_mod
-    from pipeline.progress import ProgressDisplay
+    from pipeline.run import run_pipeline
     from pipeline.sink import read_results
 
-    events: list[tuple[float, int]] = []
-    poller = BoardPoller()
-
-    class Recorder(ProgressDisplay):
-        def update(self, rows: int) -> None:
-            events.append((time.perf_counter(), rows))
-            super().update(rows)
-
-    board_cls = run_mod.ProgressBoard
-
-    class BoardSpy:
-        @staticmethod
-        def remote(*a, **k):
-            handle = board_cls.remote(*a, **k)
-            poller.attach(handle)
-            return handle
-
-    original = run_mod.ProgressDisplay
-    run_mod.ProgressDisplay, run_mod.ProgressBoard = Recorder, BoardSpy
+    watcher = RunWatcher()
     try:
         t0 = time.perf_counter()
-        report = run_mod.run_pipeline(cfg, progress_stream=io.StringIO())
+        report = run_pipeline(cfg, progress_stream=io.StringIO(), observer=watcher)
         wall = time.perf_counter() - t0
     finally:
-        poller.stop()
-        run_mod.ProgressDisplay, run_mod.ProgressBoard = original, board_cls
+        watcher.stop()
+    events = watcher.batches
     table = read_results(cfg.output)
     total = report.this_run.total
     out = {
@@ -525,9 +504,9 @@ def run_e2e(cfg) -> dict:
         span = events[-1][0] - events[0][0]
         out["output_steady_items_per_s"] = sum(r for _, r in events[1:]) / span if span > 0 else None
     # Model stage: rows it finished after its first call / time from that call's end to its last call's end.
-    timeline = _stage_timeline(poller.samples, t0, total)
+    timeline = _stage_timeline(watcher.samples, t0, total)
     out["stages"] = timeline
-    out["board_poll_error"] = poller.error
+    out["board_poll_error"] = watcher.error
     model = list(timeline["model"]["changes"])
     out["first_model_batch_s"] = model[0][0] if model else None
     out["model_end_from_output"] = bool(events) and (not model or model[-1][1] < total)
@@ -537,7 +516,7 @@ def run_e2e(cfg) -> dict:
         model.append((events[-1][0] - t0, total))
     # Did the model ever wait for input? The backlog is rows preprocessed but not yet through the
     # model, sampled from its first finished call until preprocessing ended (0 there = starved).
-    backlog = [d.get("preprocess", 0) - d.get("model", 0) for t, d in poller.samples
+    backlog = [d.get("preprocess", 0) - d.get("model", 0) for t, d in watcher.samples
                if model and t - t0 >= model[0][0] and d.get("preprocess", 0) < total]
     out["min_backlog_while_preprocessing"] = min(backlog) if backlog else None
     pre_done = timeline["preprocess"]["all_done_s"]
@@ -654,147 +633,150 @@ def render(res: dict) -> str:
 # ----------------------------------------------------------------------------- main
 
 
+class Phases:
+    """Wall time and the load average at the start of each phase of the run."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self.loads: dict[str, list[float]] = {}
+
+    def mark(self, name: str) -> None:
+        self.loads[name] = [round(x, 2) for x in os.getloadavg()]
+
+
+def end_to_end(cfg, warm_manifest: Path, work: Path, show_logs: bool) -> dict:
+    """Ray up, the actor's thread count, a warm-up run, then the measured run."""
+    import ray
+
+    init_s = start_ray(show_logs)
+    try:
+        actor = actor_threads(cfg.cpus_per_model_actor)
+        tw = time.perf_counter()
+        warm = run_e2e(cfg.model_copy(update={"input": str(warm_manifest), "output": str(work / "warm-out")}))
+        warm_s = time.perf_counter() - tw
+        print(f"[bench] ray up ({init_s:.1f} s), warm-up run {warm_s:.1f} s", flush=True)
+        e2e = run_e2e(cfg)
+    finally:
+        ray.shutdown()
+    warm.pop("captions", None)
+    print(f"[bench] e2e {e2e['all_in_items_per_s']:.2f} items/s all-in", flush=True)
+    return {"ray": {"init_s": init_s, "actor": actor, "warmup_run_s": warm_s, "warmup_run": warm}, "e2e": e2e}
+
+
+def efficiency(e2e: dict, ceiling_ips: float, all_cores: dict | None, bound: float, cfg, cpu_count: int) -> dict:
+    """Each e2e rate over the matched ceiling (and over the all-cores one where it ran)."""
+    def ratio(a, b):
+        return a / b if a is not None and b else None
+
+    every = all_cores and all_cores["items_per_s"]
+    return {
+        "target": TARGET_EFFICIENCY,
+        "all_in": ratio(e2e["all_in_items_per_s"], ceiling_ips),
+        "steady": ratio(e2e["steady_items_per_s"], ceiling_ips),
+        "all_in_vs_all_cores": ratio(e2e["all_in_items_per_s"], every),
+        "steady_during_cpu_stages": ratio(e2e["steady_during_cpu_stages_items_per_s"], ceiling_ips),
+        "steady_after_cpu_stages": ratio(e2e["steady_after_cpu_stages_items_per_s"], ceiling_ips),
+        "output_steady": ratio(e2e["output_steady_items_per_s"], ceiling_ips),
+        "steady_vs_all_cores": ratio(e2e["steady_items_per_s"], every),
+        "bound": ratio(bound, ceiling_ips),
+        "definition": "e2e items/s / ceiling items/s; ceiling = ModelEngine alone on pre-decoded, "
+                      "pre-processed batches in one process with the actor's torch thread count",
+        "note": (f"{cpu_count} CPUs: Ray runs the model actor on {cfg.cpus_per_model_actor:g} CPU and decode/"
+                 f"preprocess tasks on the rest, sharing them with Ray's own processes; the >= "
+                 f"{TARGET_EFFICIENCY} target applies once decode has enough CPU of its own"),
+    }
+
+
+def measure(args: argparse.Namespace, work: Path, phases: Phases) -> dict:
+    """Media, model and config; then decode, the ceiling and the end-to-end runs, in that order."""
+    from tests.support.tiny_models import build_tiny_model
+
+    t0 = time.perf_counter()
+    rows = make_media(work, args.videos, args.images, args.frames, args.fps)
+    phases.seconds["make_media_s"] = time.perf_counter() - t0
+    manifest = write_manifest(rows, work / "manifest.parquet")
+    warm_rows = [{**r, "id": "warm-" + r["id"]} for r in rows[: max(1, args.warmup_items)]]
+    warm_manifest = write_manifest(warm_rows, work / "warmup.parquet")
+    t0 = time.perf_counter()
+    model_path = build_tiny_model(work / "model", hidden=args.hidden, layers=args.layers)
+    phases.seconds["build_model_s"] = time.perf_counter() - t0
+    cfg = make_config(args, model_path, manifest, work / "out")
+    if cfg.pruning.method != "none" and args.layers <= cfg.pruning.layer:
+        raise SystemExit(f"--layers must exceed the pruning layer {cfg.pruning.layer}")
+    print(f"[bench] {len(rows)} items in {work}; model hidden={args.hidden} layers={args.layers}", flush=True)
+
+    phases.mark("before_decode")
+    t0 = time.perf_counter()
+    decode = decode_bench([r["uri"] for r in rows if r["media_type"] == "video"],
+                          [r["uri"] for r in rows if r["media_type"] == "image"], cfg.sampling, args.frames,
+                          args.decode_repeats, work)
+    phases.seconds["decode_bench_s"] = time.perf_counter() - t0
+    print("[bench] decode done", flush=True)
+
+    phases.mark("before_prepare")
+    t0 = time.perf_counter()
+    prepared, prep = prepare_rows(cfg, rows)
+    phases.seconds["prepare_s"] = time.perf_counter() - t0
+    matched_threads, cpu_count = max(1, int(cfg.cpus_per_model_actor)), os.cpu_count() or 1
+    phases.mark("before_ceiling")
+    t0 = time.perf_counter()
+    matched = ceiling(cfg, prepared, matched_threads)
+    all_cores = None
+    if args.all_cores_ceiling:
+        all_cores = ceiling(cfg, prepared, cpu_count) if cpu_count != matched_threads else dict(matched)
+    phases.seconds["ceiling_s"] = time.perf_counter() - t0
+    del prepared
+    gc.collect()
+    print(f"[bench] ceiling {matched['items_per_s']:.2f} items/s ({matched_threads} thread)", flush=True)
+
+    phases.mark("before_e2e")
+    t0 = time.perf_counter()
+    run = end_to_end(cfg, warm_manifest, work, args.ray_logs)
+    phases.seconds["e2e_s"] = time.perf_counter() - t0
+
+    e2e, ceiling_ips = run["e2e"], matched["items_per_s"]
+    bound = min(ceiling_ips, 1.0 / prep["all"]["per_item_s"])
+    ceiling_caps, e2e_caps = matched.pop("captions"), e2e.pop("captions")
+    if all_cores is not None:
+        all_cores.pop("captions", None)
+    return {
+        "config": {
+            "quick": args.quick, "videos": args.videos, "images": args.images, "frames": args.frames,
+            "fps": args.fps, "video_size_hw": VIDEO_SIZE, "image_size_hw": IMAGE_SIZE, "hidden": args.hidden,
+            "layers": args.layers, "rows_per_call": args.rows_per_call, "all_cores_ceiling": args.all_cores_ceiling,
+            "max_new_tokens": args.max_new_tokens, "num_frames": cfg.sampling.num_frames,
+            "warmup_items": len(warm_rows), "decode_repeats": args.decode_repeats,
+            "pruning": f"{cfg.pruning.method} keep {cfg.pruning.keep_ratio} at layer {cfg.pruning.layer}",
+            "pipeline_config": json.loads(cfg.model_dump_json()),
+        },
+        "versions": versions(),
+        "preprocess_per_item": prep,
+        "model_stage": {"matched": matched, "all_cores": all_cores},
+        "model_to_cpu_ratio": matched["s_per_item"] / prep["all"]["per_item_s"],
+        "two_core_bound_items_per_s": bound,
+        **run,
+        "efficiency": efficiency(e2e, ceiling_ips, all_cores, bound, cfg, cpu_count),
+        "caption_agreement": sum(ceiling_caps.get(k) == v for k, v in e2e_caps.items()) / max(len(e2e_caps), 1),
+        "decode": decode,
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    started = time.perf_counter()
-    load_before = os.getloadavg()
-    cpu_count = os.cpu_count() or 1
-    tmp = None
-    if args.workdir is None:
-        tmp = tempfile.TemporaryDirectory(prefix="bench_pipeline_")
-        work = Path(tmp.name)
-    else:
-        work = args.workdir
+    started, load_before, phases = time.perf_counter(), os.getloadavg(), Phases()
+    with tempfile.TemporaryDirectory(prefix="bench_pipeline_") as tmp:
+        work = args.workdir or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
-    try:
-        from tests.support.tiny_models import build_tiny_model
-
-        phases: dict[str, float] = {}
-        loads: dict[str, list[float]] = {}
-
-        def mark(name: str) -> None:
-            loads[name] = [round(x, 2) for x in os.getloadavg()]
-
-        t0 = time.perf_counter()
-        rows = make_media(work, args.videos, args.images, args.frames, args.fps)
-        phases["make_media_s"] = time.perf_counter() - t0
-        manifest = write_manifest(rows, work / "manifest.parquet")
-        warm_rows = [{**r, "id": "warm-" + r["id"]} for r in rows[: max(1, args.warmup_items)]]
-        warm_manifest = write_manifest(warm_rows, work / "warmup.parquet")
-        t0 = time.perf_counter()
-        model_path = build_tiny_model(work / "model", hidden=args.hidden, layers=args.layers)
-        phases["build_model_s"] = time.perf_counter() - t0
-        cfg = make_config(args, model_path, manifest, work / "out")
-        if cfg.pruning.method != "none" and args.layers <= cfg.pruning.layer:
-            raise SystemExit(f"--layers must exceed the pruning layer {cfg.pruning.layer}")
-        print(f"[bench] {len(rows)} items in {work}; model hidden={args.hidden} layers={args.layers}", flush=True)
-
-        videos = [r["uri"] for r in rows if r["media_type"] == "video"]
-        images = [r["uri"] for r in rows if r["media_type"] == "image"]
-        mark("before_decode")
-        t0 = time.perf_counter()
-        decode = decode_bench(videos, images, cfg.sampling, args.frames, args.decode_repeats, work)
-        phases["decode_bench_s"] = time.perf_counter() - t0
-        print("[bench] decode done", flush=True)
-
-        mark("before_prepare")
-        t0 = time.perf_counter()
-        prepared, prep = prepare_rows(cfg, rows)
-        phases["prepare_s"] = time.perf_counter() - t0
-        matched_threads = max(1, int(cfg.cpus_per_model_actor))
-        mark("before_ceiling")
-        t0 = time.perf_counter()
-        matched = ceiling(cfg, prepared, matched_threads)
-        all_cores = None
-        if args.all_cores_ceiling:
-            all_cores = ceiling(cfg, prepared, cpu_count) if cpu_count != matched_threads else dict(matched)
-        phases["ceiling_s"] = time.perf_counter() - t0
-        del prepared
-        gc.collect()
-        print(f"[bench] ceiling {matched['items_per_s']:.2f} items/s ({matched_threads} thread)", flush=True)
-
-        import ray
-
-        mark("before_e2e")
-        t0 = time.perf_counter()
-        init_s = start_ray(args.ray_logs)
-        try:
-            actor = actor_threads(cfg.cpus_per_model_actor)
-            tw = time.perf_counter()
-            warm = run_e2e(cfg.model_copy(update={"input": str(warm_manifest), "output": str(work / "warm-out")}))
-            warm_s = time.perf_counter() - tw
-            print(f"[bench] ray up ({init_s:.1f} s), warm-up run {warm_s:.1f} s", flush=True)
-            mark("before_e2e_measured_run")
-            e2e = run_e2e(cfg)
-        finally:
-            ray.shutdown()
-        phases["e2e_s"] = time.perf_counter() - t0
-        print(f"[bench] e2e {e2e['all_in_items_per_s']:.2f} items/s all-in", flush=True)
-
-        def ratio(a, b):
-            return a / b if a is not None and b else None
-
-        ceiling_ips = matched["items_per_s"]
-        bound = min(ceiling_ips, 1.0 / prep["all"]["per_item_s"])
-        ceiling_caps = matched.pop("captions")
-        if all_cores is not None:
-            all_cores.pop("captions", None)
-        e2e_caps = e2e.pop("captions")
-        agree = sum(ceiling_caps.get(k) == v for k, v in e2e_caps.items()) / max(len(e2e_caps), 1)
-        warm.pop("captions", None)
-        res = {
-            "benchmark": "bench_pipeline",
-            "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-            "cpu_count": cpu_count,
-            "config": {
-                "quick": args.quick, "videos": args.videos, "images": args.images, "frames": args.frames,
-                "fps": args.fps, "video_size_hw": VIDEO_SIZE, "image_size_hw": IMAGE_SIZE, "hidden": args.hidden,
-                "layers": args.layers, "rows_per_call": args.rows_per_call, "all_cores_ceiling": args.all_cores_ceiling, "max_new_tokens": args.max_new_tokens,
-                "num_frames": cfg.sampling.num_frames, "warmup_items": len(warm_rows),
-                "decode_repeats": args.decode_repeats,
-                "pruning": f"{cfg.pruning.method} keep {cfg.pruning.keep_ratio} at layer {cfg.pruning.layer}",
-                "pipeline_config": json.loads(cfg.model_dump_json()),
-            },
-            "versions": versions(),
-            "loadavg": {"before": [round(x, 2) for x in load_before], "after": [round(x, 2) for x in os.getloadavg()],
-                        "by_phase": loads},
-            "phases_s": phases,
-            "preprocess_per_item": prep,
-            "model_stage": {"matched": matched, "all_cores": all_cores},
-            "model_to_cpu_ratio": matched["s_per_item"] / prep["all"]["per_item_s"],
-            "two_core_bound_items_per_s": bound,
-            "ray": {"init_s": init_s, "actor": actor, "warmup_run_s": warm_s, "warmup_run": warm},
-            "e2e": e2e,
-            "efficiency": {
-                "target": TARGET_EFFICIENCY,
-                "all_in": ratio(e2e["all_in_items_per_s"], ceiling_ips),
-                "steady": ratio(e2e["steady_items_per_s"], ceiling_ips),
-                "all_in_vs_all_cores": ratio(e2e["all_in_items_per_s"], all_cores and all_cores["items_per_s"]),
-                "steady_during_cpu_stages": ratio(e2e["steady_during_cpu_stages_items_per_s"], ceiling_ips),
-                "steady_after_cpu_stages": ratio(e2e["steady_after_cpu_stages_items_per_s"], ceiling_ips),
-                "output_steady": ratio(e2e["output_steady_items_per_s"], ceiling_ips),
-                "steady_vs_all_cores": ratio(e2e["steady_items_per_s"], all_cores and all_cores["items_per_s"]),
-                "bound": ratio(bound, ceiling_ips),
-                "definition": "e2e items/s / ceiling items/s; ceiling = ModelEngine alone on pre-decoded, "
-                              "pre-processed batches in one process with the actor's torch thread count",
-                "note": (f"{cpu_count} CPUs: Ray runs the model actor on {cfg.cpus_per_model_actor:g} CPU and decode/"
-                         f"preprocess tasks on the rest, sharing them with Ray's own processes; the >= "
-                         f"{TARGET_EFFICIENCY} target applies once decode has enough CPU of its own"),
-            },
-            "caption_agreement": agree,
-            "decode": decode,
-        }
-        res["runtime_s"] = time.perf_counter() - started
-        res["loadavg"]["after"] = [round(x, 2) for x in os.getloadavg()]
-        print()
-        print(render(res))
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(res, indent=2, default=str) + "\n")
-        print(f"wrote {args.out}")
-        return 0
-    finally:
-        if tmp is not None:
-            tmp.cleanup()
+        measured = measure(args, work, phases)
+    res = {"benchmark": "bench_pipeline", "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+           "cpu_count": os.cpu_count() or 1, "config": measured.pop("config"), "versions": measured.pop("versions"),
+           "loadavg": {"before": [round(x, 2) for x in load_before], "after": [round(x, 2) for x in os.getloadavg()],
+                       "by_phase": phases.loads},
+           "phases_s": phases.seconds, **measured, "runtime_s": time.perf_counter() - started}
+    print()
+    print(render(res))
+    write_json(args.out, res, default=str)
+    return 0
 
 
 if __name__ == "__main__":

@@ -1,9 +1,9 @@
 """What does pruning add at decoder layer K, and where does it go?
 
-On an H100 the 7B prefill spent 53 ms at layer K when pruning a 6,272-token video, against
-6 ms for the unpruned layer (`benchmarks/results/h100/`). This times the parts of that
-overhead alone, on inputs shaped like the 7B's layer K (4 KV heads, head dim 128, bf16 on CUDA,
-fp32 on CPU), at 11.1 % kept:
+Selecting tokens at layer K costs more than the layer itself on a GPU
+(`benchmarks/results/h100/bench_prune_overhead.json`). This times the parts of that overhead
+alone, on inputs shaped like the 7B's layer K (4 KV heads, head dim 128, bf16 on CUDA, fp32 on
+CPU), at 11.1 % kept:
 
 - ``select iwp``: the whole IWP selection (`iwp_ops.select_tokens`), and its two halves,
   ``iwp scores`` (magnitudes and duplication features, `iwp_ops.scoring.relevance`) and
@@ -18,22 +18,17 @@ Each row: median and fastest of ``--repeats`` timed runs after two warm-ups (syn
 CUDA), and on CUDA the number of GPU kernels one run launches (torch.profiler), since at these
 sizes a GPU's time goes to launching kernels more than to arithmetic.
 
-Usage: ``python benchmarks/bench_prune_overhead.py [--device cpu|cuda] [--sizes 1152 6272]
+Usage: ``python -m benchmarks.bench_prune_overhead [--device cpu|cuda] [--sizes 1152 6272]
 [--repeats 10] [--out PATH]``
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
-import platform
-import statistics
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.bench_model import timed  # noqa: E402 - needs the path above
+from benchmarks.harness.report import default_out, device_name, now, table, write_json
+from benchmarks.harness.timing import runs, timed
 
 HEADS, DIM, HIDDEN, FRACTION = 4, 128, 3584, 0.111
 
@@ -47,14 +42,6 @@ def kernels(fn, device) -> int | None:
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
         timed(fn, device)
     return sum(1 for e in prof.events() if e.device_type.name == "CUDA")
-
-
-def measure(fn, device, repeats: int) -> dict:
-    for _ in range(2):
-        fn()
-    runs = [timed(fn, device) for _ in range(repeats)]
-    return {"seconds": statistics.median(runs), "seconds_best": min(runs), "seconds_all": runs,
-            "kernels": kernels(fn, device)}
 
 
 def parts(n: int, device, dtype) -> dict:
@@ -102,7 +89,7 @@ def parts(n: int, device, dtype) -> dict:
     }
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict:
     import torch
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -110,33 +97,30 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[1152, 6272],
                         help="visual tokens at layer K (default: the 7B benchmark's 16- and 64-frame videos)")
     parser.add_argument("--repeats", type=int, default=10)
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "bench_prune_overhead.json")
-    args = parser.parse_args()
+    parser.add_argument("--out", type=Path, default=None,
+                        help="default: benchmarks/results/<machine>/bench_prune_overhead.json")
+    args = parser.parse_args(argv)
     device = torch.device(args.device)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
-
     rows = []
     for n in args.sizes:
         with torch.inference_mode():
             for label, fn in parts(n, device, dtype).items():
-                row = {"n": n, "kept": max(1, round(FRACTION * n)), "part": label, **measure(fn, device, args.repeats)}
+                row = {"n": n, "kept": max(1, round(FRACTION * n)), "part": label,
+                       **runs(fn, device, args.repeats, warmups=2), "kernels": kernels(fn, device)}
                 rows.append(row)
                 print(f"  N={n:<6} {label:<18} {row['seconds'] * 1e3:8.2f} ms (fastest {row['seconds_best'] * 1e3:.2f})"
                       + (f", {row['kernels']} kernels" if row["kernels"] is not None else ""), flush=True)
-
-    print(f"\npruning overhead at layer K on {name} ({dtype}, H={HEADS}, D={DIM}, {FRACTION:.1%} kept), "
+    print(f"\npruning overhead at layer K on {device_name(device)} ({dtype}, H={HEADS}, D={DIM}, {FRACTION:.1%} kept), "
           f"median of {args.repeats}")
-    print(f"{'N':>6}  {'kept':>5}  {'part':<18} {'ms':>8} {'fastest':>8} {'kernels':>8}")
-    for r in rows:
-        print(f"{r['n']:>6}  {r['kept']:>5}  {r['part']:<18} {r['seconds'] * 1e3:8.2f} {r['seconds_best'] * 1e3:8.2f} "
-              f"{r['kernels'] if r['kernels'] is not None else '-':>8}")
-    meta = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), "device": args.device,
-            "device_name": name, "dtype": str(dtype), "torch": torch.__version__, "heads": HEADS, "dim": DIM,
-            "fraction": FRACTION, "repeats": args.repeats}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    print(table((("N", 6), ("kept", 6), ("part", -18), ("ms", 8), ("fastest", 8), ("kernels", 8)), [
+        (r["n"], r["kept"], r["part"], f"{r['seconds'] * 1e3:.2f}", f"{r['seconds_best'] * 1e3:.2f}",
+         "-" if r["kernels"] is None else r["kernels"]) for r in rows]))
+    meta = {"date": now(), "device": args.device, "device_name": device_name(device), "dtype": str(dtype),
+            "torch": torch.__version__, "heads": HEADS, "dim": DIM, "fraction": FRACTION, "repeats": args.repeats}
+    result = {"meta": meta, "rows": rows}
+    write_json(args.out or default_out("bench_prune_overhead", device), result)
+    return result
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ Memory, honestly stated:
 - CUDA: ``torch.cuda.max_memory_allocated`` minus the allocation before the call
   (``peak_total``: the max itself); the caching allocator's reserve is not counted.
 
-Usage: ``python benchmarks/bench_select.py [--quick] [--device cpu|cuda|all] [--out PATH]``.
+Usage: ``python -m benchmarks.bench_select [--quick] [--device cpu|cuda|all] [--out PATH]``.
 """
 
 from __future__ import annotations
@@ -26,10 +26,11 @@ import argparse
 import json
 import os
 import platform
-import subprocess
-import sys
 import time
 from pathlib import Path
+
+from benchmarks.harness import memory
+from benchmarks.harness.report import default_out, table, write_json
 
 FRACTIONS = (0.353, 0.222, 0.111)
 TARGET = {"n": 16384, "batch": 4, "fraction": 0.111, "seconds": 30.0, "bytes": 3 * 2**30}
@@ -41,14 +42,6 @@ def cases(quick: bool) -> list[dict]:
     out = [{"n": n, "batch": b, "fraction": f} for n in sizes for b in (1, 8) for f in FRACTIONS]
     out.append({"n": TARGET["n"], "batch": TARGET["batch"], "fraction": TARGET["fraction"]})
     return out
-
-
-def _rss(field: str) -> int:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError(f"{field} not found in /proc/self/status")
 
 
 def measure(case: dict, device: str, repeats: int) -> dict:
@@ -75,15 +68,14 @@ def measure(case: dict, device: str, repeats: int) -> dict:
         torch.cuda.reset_peak_memory_stats()
         before = torch.cuda.memory_allocated()
     else:
-        with open("/proc/self/clear_refs", "w") as clear:
-            clear.write("5")
-        before = _rss("VmRSS")
+        memory.reset_peak()
+        before = memory.status("VmRSS")
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         run()
         times.append(time.perf_counter() - start)
-    peak = torch.cuda.max_memory_allocated() if device == "cuda" else _rss("VmHWM")
+    peak = torch.cuda.max_memory_allocated() if device == "cuda" else memory.status("VmHWM")
     return {**case, "device": device, "dtype": str(dtype).removeprefix("torch."), "budget": budget,
             "seconds": min(times), "seconds_all": times, "repeats": repeats, "peak_extra_bytes": peak - before,
             "peak_total_bytes": peak, "input_bytes": 2 * keys.numel() * keys.element_size()}
@@ -92,22 +84,18 @@ def measure(case: dict, device: str, repeats: int) -> dict:
 def run_case(case: dict, device: str) -> dict:
     target = (case["n"], case["batch"], case["fraction"]) == (TARGET["n"], TARGET["batch"], TARGET["fraction"])
     repeats = 3 if target else 2 if case["n"] * case["batch"] > 2304 * 8 else 5
-    arg = json.dumps({"case": case, "device": device, "repeats": repeats})
-    done = subprocess.run([sys.executable, __file__, "--child", arg], capture_output=True, text=True, check=False,
-                          env={**os.environ, "PYTHONPATH": os.pathsep.join(
-                              filter(None, [str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH")]))})
-    if done.returncode != 0:
-        raise RuntimeError(f"case {case} on {device} failed:\n{done.stderr}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    try:
+        return memory.in_fresh_process("benchmarks.bench_select", "--child",
+                                       json.dumps({"case": case, "device": device, "repeats": repeats}))
+    except RuntimeError as exc:
+        raise RuntimeError(f"case {case} on {device} failed: {exc}") from exc
 
 
-def table(rows: list[dict]) -> str:
-    head = f"{'device':6} {'N':>6} {'B':>2} {'keep':>6} {'budget':>6} {'time s':>8} {'extra MiB':>10} {'total MiB':>10}"
-    lines = [head, "-" * len(head)]
-    for r in rows:
-        lines.append(f"{r['device']:6} {r['n']:>6} {r['batch']:>2} {r['fraction'] * 100:>5.1f}% {r['budget']:>6} "
-                     f"{r['seconds']:>8.3f} {r['peak_extra_bytes'] / 2**20:>10.0f} {r['peak_total_bytes'] / 2**20:>10.0f}")
-    return "\n".join(lines)
+def results_table(rows: list[dict]) -> str:
+    return table((("device", -6), ("N", 6), ("B", 2), ("keep", 6), ("budget", 6), ("time s", 8), ("extra MiB", 10),
+                  ("total MiB", 10)),
+                 [(r["device"], r["n"], r["batch"], f"{r['fraction'] * 100:.1f}%", r["budget"], f"{r['seconds']:.3f}",
+                   f"{r['peak_extra_bytes'] / 2**20:.0f}", f"{r['peak_total_bytes'] / 2**20:.0f}") for r in rows])
 
 
 def verdict(rows: list[dict]) -> list[dict]:
@@ -122,14 +110,15 @@ def verdict(rows: list[dict]) -> list[dict]:
     return out
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="skip N=16384 except the target case")
     parser.add_argument("--device", choices=("cpu", "cuda", "all"), default="all",
                         help="'all': CPU, plus CUDA when available")
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "bench_select.json")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="default: benchmarks/results/cpu/bench_select.json (--device cuda: the GPU's folder)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.child:
         spec = json.loads(args.child)
         print(json.dumps(measure(spec["case"], spec["device"], spec["repeats"])))
@@ -144,20 +133,19 @@ def main() -> None:
     for device in devices:
         for case in cases(args.quick):
             rows.append(run_case(case, device))
-            print(table(rows[-1:]).splitlines()[-1], flush=True)
+            print(results_table(rows[-1:]).splitlines()[-1], flush=True)
     print()
-    print(table(rows))
+    print(results_table(rows))
     checks = verdict(rows)
     for c in checks:
         print(f"target {c['case']}: {c['seconds']:.1f} s (< {c['limit_seconds']:.0f} s), "
               f"{c['peak_extra_bytes'] / 2**30:.2f} GiB extra, {c['peak_total_bytes'] / 2**30:.2f} GiB total "
               f"(< {c['limit_bytes'] / 2**30:.0f} GiB): {'PASS' if c['pass'] else 'FAIL'}")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
     meta = {"torch": torch.__version__, "python": platform.python_version(), "cpu_count": os.cpu_count(),
             "threads": torch.get_num_threads(), "machine": platform.machine(), "heads": HEADS, "dim": DIM,
             "quick": args.quick, "loadavg_before": load_before, "loadavg_after": os.getloadavg()}
-    args.out.write_text(json.dumps({"meta": meta, "rows": rows, "target": checks}, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    out = args.out or default_out("bench_select", torch.device("cuda" if args.device == "cuda" else "cpu"))
+    write_json(out, {"meta": meta, "rows": rows, "target": checks})
 
 
 if __name__ == "__main__":

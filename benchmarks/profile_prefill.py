@@ -1,6 +1,6 @@
 """Where does a pruned prefill's time go, and does the device wait on the host?
 
-The per-stage split of `bench_model.py` comes from runs that synchronise around every stage,
+The per-stage split of `bench_model` comes from runs that synchronise around every stage,
 which hides whether a short stage is limited by the device or by the host queueing its kernels.
 This profiles whole prefills with no synchronisation inside, for the unpruned model and one keep
 ratio, at one or more batch sizes, in one process:
@@ -10,23 +10,18 @@ ratio, at one or more batch sizes, in one process:
   > K, and the rest): each stage's host time (its ranges on the host) and device time (the kernel
   time: where the profiler records the stage's device-side span, the kernel time inside it, which
   also counts CUDA-graph replays; in brackets, the kernel time of the operators it launched,
-  which on the H100 counted some decoder kernels twice: those summed to more than the device's
-  busy time); a stage whose host time is well above its device time is launch-bound;
+  which can count some kernels twice); a stage whose host time is well above its device time is launch-bound;
 - the device's busy time (union of kernel intervals) against the profiled wall time, the kernel
-  count, and the operators that took the most device time. The profiler itself adds host time
-  (on the H100, 0.171 s profiled for a 0.141 s prefill), so the busy share it shows is a lower
-  bound.
+  count, and the operators that took the most device time. The profiler itself adds host time,
+  so the busy share it shows is a lower bound.
 
-On the H100 (`benchmarks/results/h100/timer-fixed/`), 7B config, 64x392x392 video at 11.1 %: at
-batch 1 the pruned prefill kept the GPU 69 % busy (the unpruned one 94 %): after PC-MMR's check
-that every budget is filled, the host queues the short layers after K while the GPU waits; at
-batch 4 and 8 it was 94 % and 96 % busy, and the speed-up 0.81 and 0.83 of the FLOP ideal.
+The H100's runs are in `benchmarks/results/h100/profile_prefill*.json` (benchmarks/README.md).
 
 ``--compile-language`` also times and profiles the decoder layers' norms and MLPs under
 ``torch.compile`` (and with ``attention``, the attention modules too): an experiment, not what
 the pipeline runs.
 
-Usage: ``python benchmarks/profile_prefill.py [--device cpu|cuda] [--config mid|7b] [--frames 64]
+Usage: ``python -m benchmarks.profile_prefill [--device cpu|cuda] [--config mid|7b] [--frames 64]
 [--video-size 392x392] [--keep 0.111] [--layer 2] [--repeats 5] [--batches 1 4] [--vision-compile auto|on|off]
 [--compile-language none|pieces|attention] [--out PATH]``
 """
@@ -34,17 +29,15 @@ Usage: ``python benchmarks/profile_prefill.py [--device cpu|cuda] [--config mid|
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
 import statistics
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.bench_model import (CONFIGS, build, device_name, encode, flop_model, grids_of,  # noqa: E402
-                                    parse_size, prefill, replicate, set_ratio, stage_modules, timed,
-                                    vision_inputs)
+from benchmarks.harness.flops import flop_model
+from benchmarks.harness.models import (CONFIGS, build, config_for, encode, grids_of, parse_size, prefill, replicate,
+                                       set_ratio, stage_modules, vision_inputs)
+from benchmarks.harness.report import default_out, device_name, now, write_json
+from benchmarks.harness.timing import timed
 
 STAGES = ("vision", "layers < K", "layer K", "layers > K")
 
@@ -216,10 +209,10 @@ def main(argv: list[str] | None = None) -> dict:
                         help="batch sizes (identical copies of the video): the host's share shrinks as the batch grows")
     parser.add_argument("--vision-compile", choices=SETTINGS, default="auto")
     parser.add_argument("--compile-language", choices=("none", "pieces", "attention"), default="none")
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "profile_prefill.json")
+    parser.add_argument("--out", type=Path, default=None, help="default: benchmarks/results/<machine>/profile_prefill.json")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
-    config = args.config or ("7b" if device.type == "cuda" else "mid")
+    config = config_for(args.config, device)
     spec = CONFIGS[config]
     dtype = getattr(torch, spec["dtype"])
     model, processor = build(spec, device, dtype)
@@ -259,16 +252,14 @@ def main(argv: list[str] | None = None) -> dict:
         label = f"compiled {args.compile_language}, batch {args.batches[0]}"
         results[label] = measure(model, handle, inputs, ratios, device, args.repeats)
         report(f"batch {args.batches[0]:3} compiled", results[label], ideal)
-    meta = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    meta = {"date": now(),
             "device": device_name(device), "torch": torch.__version__, "transformers": transformers.__version__,
             "config": config, "frames": args.frames, "video_size": list(args.video_size), "keep": args.keep,
             "layer": args.layer, "repeats": args.repeats, "batches": args.batches, "flop_ideal": ideal,
             "visual_tokens": stats.visual_before, "visual_kept": stats.visual_after,
             "compile_language": args.compile_language}
     out = {"meta": meta, "results": {k: {str(r): c for r, c in v.items()} for k, v in results.items()}}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(out, indent=1))
-    print(f"wrote {args.out}")
+    write_json(args.out or default_out("profile_prefill", device), out, indent=1)
     return out
 
 

@@ -1,12 +1,12 @@
 """Where does the vision encoder's time go?
 
-On the H100 the 7B's vision encoder took 59 % of the unpruned 64-frame prefill's time for 27 %
-of its FLOPs, packed attention included (`benchmarks/results/h100/`), and since pruning starts
-after it, it bounds what any LLM-side pruning can gain (issue #5). This profiles the encoder
-alone, packed as the pipeline runs it, with torch.profiler: device time per operator family
-(matmuls, attention, normalisation, rotary and other elementwise work, copies and indexing,
-the patch embedding), the operators that took most, and the achieved FLOP rate against the
-FLOP count of `bench_model.vision_flops`.
+Pruning starts after the vision encoder, so the encoder bounds what any LLM-side pruning can
+gain (issue #5), and on a GPU it takes a larger share of the prefill's time than of its FLOPs
+(`benchmarks/results/h100/`). This profiles the encoder alone, packed as the pipeline runs it,
+with torch.profiler: device time per operator family (matmuls, attention, normalisation, rotary
+and other elementwise work, copies and indexing, the patch embedding), the operators that took
+most, and the achieved FLOP rate against the FLOP count of
+`benchmarks.harness.flops.vision_flops`.
 
 It also times the whole encoder with each way of running its segment attention, in one process:
 transformers' call per segment, `packed_attention`'s padded call, and on a CUDA GPU its call to
@@ -14,22 +14,20 @@ torch's variable-length attention ("flash varlen": the pipeline's choice there, 
 or cuDNN); and, with ``--compile``, the blocks under ``torch.compile``
 (`iwp_ops.compile_vision_blocks`, as the pipeline runs them on CUDA).
 
-Usage: ``python benchmarks/profile_vision.py [--device cpu|cuda] [--config mid|7b]
+Usage: ``python -m benchmarks.profile_vision [--device cpu|cuda] [--config mid|7b]
 [--frames 64] [--video-size 392x392] [--repeats 3] [--compile] [--out PATH]``
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
 import platform
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.bench_model import (CONFIGS, build, device_name, encode, grids_of, parse_size,  # noqa: E402
-                                    timed, vision_flops, vision_inputs)
+from benchmarks.harness.flops import vision_flops
+from benchmarks.harness.models import CONFIGS, build, config_for, encode, grids_of, parse_size, vision_inputs
+from benchmarks.harness.report import default_out, device_name, now, write_json
+from benchmarks.harness.timing import runs, timed
 
 # Operator name fragments per family, first match wins; anything else is "other elementwise".
 FAMILIES = (
@@ -58,7 +56,7 @@ def profile_encoder(model, encoded, device, repeats: int) -> dict:
         with torch.inference_mode():
             visual(pixels, grid_thw=grid)
 
-    seconds = [timed(run, device) for _ in range(repeats + 1)][1:]
+    seconds = runs(run, device, repeats)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     with profile(activities=activities) as prof:
         for _ in range(repeats):
@@ -68,7 +66,7 @@ def profile_encoder(model, encoded, device, repeats: int) -> dict:
         spent = event.self_device_time_total if device.type == "cuda" else event.self_cpu_time_total
         if event.key.startswith("aten::") and spent > 0:
             ops[event.key] = spent / 1e6 / repeats
-    return {"seconds": sorted(seconds)[len(seconds) // 2], "seconds_all": seconds, "ops": ops}
+    return {"seconds": seconds["seconds"], "seconds_all": seconds["seconds_all"], "ops": ops}
 
 
 def time_attention_variants(model, encoded, device, repeats: int, compile_blocks: bool) -> dict:
@@ -85,9 +83,7 @@ def time_attention_variants(model, encoded, device, repeats: int, compile_blocks
 
     def seconds() -> dict:
         with torch.inference_mode():
-            visual(pixels, grid_thw=grid)
-            runs = [timed(lambda: visual(pixels, grid_thw=grid), device) for _ in range(repeats)]
-        return {"seconds": sorted(runs)[len(runs) // 2], "seconds_all": runs}
+            return runs(lambda: visual(pixels, grid_thw=grid), device, repeats)
 
     out = {}
     config._attn_implementation = "sdpa"
@@ -113,9 +109,7 @@ def time_patch_embedding(model, encoded, device, repeats: int = 20) -> dict:
     embed = model.model.visual.patch_embed
     pixels = encoded["pixel_values_videos"].to(device, embed.proj.weight.dtype)
     with torch.inference_mode():
-        embed(pixels)
-        runs = [timed(lambda: embed(pixels), device) for _ in range(repeats)]
-    return {"seconds": sorted(runs)[len(runs) // 2], "seconds_best": min(runs)}
+        return runs(lambda: embed(pixels), device, repeats)
 
 
 def summarise(ops: dict[str, float]) -> dict[str, float]:
@@ -141,10 +135,10 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--compile", action="store_true", help="also time the blocks under torch.compile (last)")
     ap.add_argument("--top", type=int, default=12, help="operators listed")
-    ap.add_argument("--out", type=Path, default=Path("benchmarks/results/profile_vision.json"))
+    ap.add_argument("--out", type=Path, default=None, help="default: benchmarks/results/<machine>/profile_vision.json")
     args = ap.parse_args(argv)
     device = torch.device(args.device)
-    config = args.config or ("7b" if device.type == "cuda" else "mid")
+    config = config_for(args.config, device)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     torch.set_num_threads(min(2, torch.get_num_threads()))
     model, processor = build(CONFIGS[config], device, dtype)
@@ -165,7 +159,7 @@ def main(argv: list[str] | None = None) -> dict:
     profiled = sum(families.values())
     top = sorted(measured["ops"].items(), key=lambda kv: -kv[1])[:args.top]
     result = {
-        "meta": {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "meta": {"date": now(),
                  "device": device_name(device), "torch": torch.__version__, "transformers": transformers.__version__,
                  "python": platform.python_version(), "config": config, "dtype": str(dtype),
                  "patch_embed": args.patch_embed, "frames": args.frames, "video_size": list(args.video_size), "repeats": args.repeats,
@@ -190,9 +184,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"top operators ({result['meta']['time_basis']}):")
     for name, spent in top:
         print(f"  {name:40s} {spent * 1e3:9.2f} ms  [{family(name)}]")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1))
-    print(f"wrote {args.out}")
+    write_json(args.out or default_out("profile_vision", device), result, indent=1)
     return result
 
 

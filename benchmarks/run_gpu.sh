@@ -3,24 +3,25 @@
 # Qwen2.5-VL-7B configuration (random weights, bf16). Parts, each under its own time limit so
 # that one overrun still leaves the others' results:
 #   0. the CUDA-only tests (PC-MMR's graphs, the packed vision attention, syncs at layer K).
-#   1. bench_model.py, batch 1, the default 16x336x336 video and 672x672 image, the vision
+#   1. bench_model, batch 1, the default 16x336x336 video and 672x672 image, the vision
 #      attention packed (as the pipeline runs it); it first times the vision encoder alone,
 #      per-window loop against packed, and checks that both give the same features;
 #   2. the same with transformers' per-window loop, for the end-to-end comparison on this device;
 #   3. batch 1 at the paper's scale: a 64-frame 392x392 video (6,272 visual tokens, as many as
 #      LLaVA-OneVision's 32 x 196);
 #   4. the batch sweep (items/s at the largest batch that fits, unpruned vs 11.1 %), packed;
-#   5. bench_prune_overhead.py: the parts of the layer-K overhead alone (selection halves, peers,
+#   5. bench_prune_overhead: the parts of the layer-K overhead alone (selection halves, peers,
 #      the fidelity recording), with the kernels each launches;
-#   6. bench_select.py --quick on CUDA (selection time and memory as N grows);
-#   7. profile_vision.py: where the 64x392x392 video's vision encoder spends its time, by operator
+#   6. bench_select --quick on CUDA (selection time and memory as N grows);
+#   7. profile_vision: where the 64x392x392 video's vision encoder spends its time, by operator
 #      family, with the patch embedding as a matrix product and as transformers' Conv3d, and the
 #      whole encoder timed with each segment-attention path and (--compile) with compiled blocks;
-#   8. profile_prefill.py: the 64x392x392 video's whole prefill profiled with no synchronisation
+#   8. profile_prefill: the 64x392x392 video's whole prefill profiled with no synchronisation
 #      inside, unpruned vs 11.1 %, at batch 1, 4 and 8 (host vs device time per stage, device busy).
-# bench_model.py compiles the vision blocks on CUDA, as the pipeline does (--vision-compile off
+# bench_model compiles the vision blocks on CUDA, as the pipeline does (--vision-compile off
 # to compare); each of its processes compiles a video graph and an image graph (45-53 s on the H100).
-# Usage: benchmarks/run_gpu.sh OUTDIR [PARTS, default "0 1 2 3 4 5 6 7 8"]   (one JSON per part and run.log, all output, land in OUTDIR)
+# Usage: benchmarks/run_gpu.sh OUTDIR [PARTS, default "0 1 2 3 4 5 6 7 8"]   (one JSON per part and run.log, all output,
+# land in OUTDIR; the files of a new run replace that GPU's in benchmarks/results/<gpu>/, earlier runs stay in git)
 # Needs torch with CUDA and transformers 5.24.x (the pinned range). Where the machine has another
 # transformers, install the 5.24 wheel beside it first, e.g.
 #   pip install --no-deps --target /tmp/site transformers-5.24.0-py3-none-any.whl && export PYTHONPATH=/tmp/site
@@ -29,17 +30,17 @@ cd "$(dirname "$0")/.."
 out=${1:?usage: benchmarks/run_gpu.sh OUTDIR [PARTS]}
 parts=" ${2:-0 1 2 3 4 5 6 7 8} "
 mkdir -p "$out"
-export PYTHONUNBUFFERED=1
+export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 PY=${PYTHON:-python3}
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out/gpu.txt"
 "$PY" -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)" | tee -a "$out/gpu.txt"
-bench() {  # bench NAME LIMIT_S ARGS...: one bench_model.py run, its JSON named NAME
+bench() {  # bench NAME LIMIT_S ARGS...: one bench_model run, its JSON named NAME
   local name=$1 limit=$2
   echo "=== $name: ${*:3}" | tee -a "$out/run.log"
-  timeout "$limit" "$PY" benchmarks/bench_model.py --device cuda --config 7b --out "$out/$name.json" "${@:3}" \
+  timeout "$limit" "$PY" -m benchmarks.bench_model --device cuda --config 7b --out "$out/$name.json" "${@:3}" \
     2>&1 | tee -a "$out/run.log"
 }
-[[ $parts == *" 0 "* ]] && PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" timeout "${TEST_LIMIT_S:-180}" "$PY" -m pytest \
+[[ $parts == *" 0 "* ]] && timeout "${TEST_LIMIT_S:-180}" "$PY" -m pytest \
   --noconftest -q -p no:cacheprovider tests/iwp_ops/test_pcmmr_cuda_graphs.py \
   tests/iwp_ops/models/test_vision_attention_cuda.py tests/iwp_ops/models/test_pruning_cuda.py 2>&1 | tee -a "$out/run.log"
 [[ $parts == *" 1 "* ]] && bench bench_model_7b "${PART_LIMIT_S:-230}" --repeats 3 --no-batch
@@ -48,16 +49,16 @@ bench() {  # bench NAME LIMIT_S ARGS...: one bench_model.py run, its JSON named 
   --frames 64 --video-size 392x392
 [[ $parts == *" 4 "* ]] && bench bench_model_7b_batch "${SWEEP_LIMIT_S:-300}" --repeats 1 --batch-repeats 1 \
   --max-batch "${MAX_BATCH:-512}"
-[[ $parts == *" 5 "* ]] && timeout "${PART_LIMIT_S:-120}" "$PY" benchmarks/bench_prune_overhead.py --device cuda \
+[[ $parts == *" 5 "* ]] && timeout "${PART_LIMIT_S:-120}" "$PY" -m benchmarks.bench_prune_overhead --device cuda \
   --out "$out/bench_prune_overhead.json" 2>&1 | tee -a "$out/run.log"
-[[ $parts == *" 6 "* ]] && timeout "${SELECT_LIMIT_S:-60}" "$PY" benchmarks/bench_select.py --device cuda --quick \
+[[ $parts == *" 6 "* ]] && timeout "${SELECT_LIMIT_S:-60}" "$PY" -m benchmarks.bench_select --device cuda --quick \
   --out "$out/bench_select_cuda.json" 2>&1 | tee -a "$out/run.log"
 if [[ $parts == *" 7 "* ]]; then
-  timeout "${PART_LIMIT_S:-120}" "$PY" benchmarks/profile_vision.py --device cuda --patch-embed conv \
+  timeout "${PART_LIMIT_S:-120}" "$PY" -m benchmarks.profile_vision --device cuda --patch-embed conv \
     --out "$out/profile_vision_conv.json" 2>&1 | tee -a "$out/run.log"
-  timeout "${COMPILE_LIMIT_S:-200}" "$PY" benchmarks/profile_vision.py --device cuda --patch-embed linear --compile \
-    --out "$out/profile_vision_linear.json" 2>&1 | tee -a "$out/run.log"
+  timeout "${COMPILE_LIMIT_S:-200}" "$PY" -m benchmarks.profile_vision --device cuda --patch-embed linear --compile \
+    --out "$out/profile_vision_compiled.json" 2>&1 | tee -a "$out/run.log"
 fi
-[[ $parts == *" 8 "* ]] && echo "=== profile_prefill: --batches 1 4 8" | tee -a "$out/run.log" && timeout "${PART_LIMIT_S:-200}" "$PY" benchmarks/profile_prefill.py --device cuda --repeats 3 \
+[[ $parts == *" 8 "* ]] && echo "=== profile_prefill: --batches 1 4 8" | tee -a "$out/run.log" && timeout "${PART_LIMIT_S:-200}" "$PY" -m benchmarks.profile_prefill --device cuda --repeats 3 \
   --batches 1 4 8 --out "$out/profile_prefill_batches.json" 2>&1 | tee -a "$out/run.log"
 exit 0

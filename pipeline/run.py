@@ -7,7 +7,7 @@ import math
 import os
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -29,6 +29,17 @@ from pipeline.sink import (RESULTS_DIR, Summary, fill_missing, plan_resume, read
                            sweep_temporary, write_batch)
 from pipeline.storage import OutputStorageError, storage_error
 from pipeline.stages import run_stage
+
+
+class RunObserver(Protocol):
+    """Optional hooks for a caller that times a run from outside it (the pipeline benchmark); called
+    on the driver, and must return at once. `started` gets the run's ProgressBoard actor before the
+    first batch (its ``snapshot`` gives the rows each stage has finished); `delivered` gets each
+    output batch's row count as it reaches the driver."""
+
+    def started(self, board: Any) -> None: ...
+
+    def delivered(self, rows: int) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -100,18 +111,22 @@ def build_dataset(cfg: PipelineConfig, todo: pa.Table, run_id: str, fingerprint:
 
 
 def _execute(cfg: PipelineConfig, todo: pa.Table, run_id: str, fingerprint: str, partition: str,
-             metrics_port: int | None, progress_stream) -> None:
+             metrics_port: int | None, progress_stream, observer: RunObserver | None) -> None:
     ensure_ray(metrics_port)
     preemption.install(cfg.grace_period_s)  # again: ray.init replaced our SIGTERM handler with its own
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False  # ours shows items, with the ETA
     ctx.raise_original_map_exception = True  # keeps e.g. OutputStorageError recognisable at the driver
     board = ProgressBoard.remote()
+    if observer is not None:
+        observer.started(board)
     display = ProgressDisplay(len(todo), stream=progress_stream)
     batches = build_dataset(cfg, todo, run_id, fingerprint, partition, board).iter_batches(batch_size=None, batch_format="pyarrow")
     try:
         for batch in watched(batches, cfg.stall_timeout_s, lambda s: diagnose(board, len(todo), s)):
             display.update(len(batch))
+            if observer is not None:
+                observer.delivered(len(batch))
     except preemption.Preempted:
         # Stop in-flight tasks while the output lock is still held; the rerun redoes their items.
         ray.shutdown()
@@ -152,17 +167,18 @@ def job_summary(cfg: PipelineConfig, run: pa.Table, seconds: float) -> JobSummar
 
 
 def run_pipeline(cfg: PipelineConfig, *, retry_failed: bool = False, metrics_port: int | None = None,
-                 progress_stream=None) -> RunReport:
+                 progress_stream=None, observer: RunObserver | None = None) -> RunReport:
     """Validate, skip ids already done under the same fingerprint, stream the rest to Parquet.
 
     Pushes a summary to the Pushgateway at the end (success) or on any failure. SIGTERM
     raises `preemption.Preempted` (see there); a failed write to the output raises
-    OutputStorageError naming the path, also when a Ray task hit it.
+    OutputStorageError naming the path, also when a Ray task hit it. `observer` (see RunObserver)
+    sees the run's progress as it happens.
     """
     started = time.perf_counter()
     restore = preemption.install(cfg.grace_period_s)
     try:
-        return _run(cfg, retry_failed, metrics_port, progress_stream, started)
+        return _run(cfg, retry_failed, metrics_port, progress_stream, observer, started)
     except BaseException as exc:
         push_summary(cfg.pushgateway, JobSummary(job=cfg.name, succeeded=False, duration_s=time.perf_counter() - started))
         cause = storage_error(exc)
@@ -173,7 +189,8 @@ def run_pipeline(cfg: PipelineConfig, *, retry_failed: bool = False, metrics_por
         restore()
 
 
-def _run(cfg: PipelineConfig, retry_failed: bool, metrics_port: int | None, progress_stream, started: float) -> RunReport:
+def _run(cfg: PipelineConfig, retry_failed: bool, metrics_port: int | None, progress_stream,
+         observer: RunObserver | None, started: float) -> RunReport:
     if not os.path.isdir(cfg.model.path):
         raise FileNotFoundError(f"model directory {cfg.model.path!r} does not exist")
     manifest = read_manifest(cfg.input)
@@ -189,7 +206,7 @@ def _run(cfg: PipelineConfig, retry_failed: bool, metrics_port: int | None, prog
             record.todo, record.skipped = len(todo), len(manifest) - len(todo)
             write_record(cfg.output, record)
             if len(todo):
-                _execute(cfg, todo, run_id, fingerprint, partition, metrics_port, progress_stream)
+                _execute(cfg, todo, run_id, fingerprint, partition, metrics_port, progress_stream, observer)
             fill_missing(cfg.output, manifest, reconcile(cfg.output)["id"], run_id, fingerprint, partition)
         except BaseException as exc:
             record.finish(_outcome(exc), error=f"{type(exc).__name__}: {exc}"[:2000])

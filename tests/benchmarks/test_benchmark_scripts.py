@@ -10,16 +10,17 @@ from pathlib import Path
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "benchmarks"))
+from benchmarks import bench_model, profile_prefill, profile_vision
+from benchmarks.harness import models
+from benchmarks.harness.timing import StageTimer
 
-import bench_model  # noqa: E402
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_prune_overhead_times_every_part(tmp_path):
     out = tmp_path / "overhead.json"
-    subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_prune_overhead.py"), "--device", "cpu",
-                    "--sizes", "96", "--repeats", "1", "--out", str(out)], check=True, cwd=tmp_path)
+    subprocess.run([sys.executable, "-m", "benchmarks.bench_prune_overhead", "--device", "cpu",
+                    "--sizes", "96", "--repeats", "1", "--out", str(out)], check=True, cwd=ROOT)
     rows = json.loads(out.read_text())["rows"]
     assert {r["part"] for r in rows} == {"select iwp", "iwp scores", "iwp pc-mmr", "select magnitude",
                                          "select divprune", "fidelity"}
@@ -27,9 +28,9 @@ def test_prune_overhead_times_every_part(tmp_path):
 
 
 def test_vision_attention_comparison_packs_the_model_and_matches_fp32():
-    model, processor = bench_model.build(bench_model.CONFIGS["mid"], torch.device("cpu"), torch.float32)
-    media = {"image": bench_model.encode(processor, "image", (56, 84), 1),
-             "video": bench_model.encode(processor, "video", (56, 56), 4)}
+    model, processor = models.build(models.CONFIGS["mid"], torch.device("cpu"), torch.float32)
+    media = {"image": models.encode(processor, "image", (56, 84), 1),
+             "video": models.encode(processor, "video", (56, 56), 4)}
     out = bench_model.compare_vision_attention(model, media, torch.device("cpu"), repeats=1)
     assert model.config.vision_config._attn_implementation != "sdpa"
     for kind in media:
@@ -39,8 +40,6 @@ def test_vision_attention_comparison_packs_the_model_and_matches_fp32():
 
 
 def test_vision_profile_accounts_for_the_encoder_by_operator_family(tmp_path):
-    import profile_vision
-
     out = tmp_path / "profile.json"
     result = profile_vision.main(["--device", "cpu", "--frames", "4", "--video-size", "56x56", "--repeats", "1",
                                   "--patch-embed", "conv", "--out", str(out)])
@@ -58,8 +57,6 @@ def test_vision_profile_accounts_for_the_encoder_by_operator_family(tmp_path):
 def test_prefill_profile_splits_each_prefill_into_stages(tmp_path):
     """Every module call of a prefill opens one range of its stage (the mid config: 10 decoder
     layers, K=2), at the batch asked for. The device columns need CUDA and are not checked here."""
-    import profile_prefill
-
     out = tmp_path / "prefill.json"
     result = profile_prefill.main(["--device", "cpu", "--frames", "4", "--video-size", "56x56", "--repeats", "1",
                                    "--batches", "1", "2", "--out", str(out)])
@@ -87,11 +84,11 @@ def test_stage_timer_reads_only_while_on(tiny_model_dir):
 
     model = AutoModelForImageTextToText.from_pretrained(tiny_model_dir, local_files_only=True).eval()
     processor = AutoProcessor.from_pretrained(tiny_model_dir, local_files_only=True)
-    inputs = bench_model.encode(processor, "video", (56, 56), 4)
-    timer = bench_model.StageTimer(model, 1, torch.device("cpu"))
-    bench_model.prefill(model, inputs)
+    inputs = models.encode(processor, "video", (56, 56), 4)
+    timer = StageTimer(model, 1, torch.device("cpu"))
+    models.prefill(model, inputs)
     assert set(timer.take().values()) == {0.0}
     timer.on = True
-    bench_model.prefill(model, inputs)
+    models.prefill(model, inputs)
     assert all(seconds > 0 for seconds in timer.take().values())
     timer.remove()
