@@ -75,7 +75,6 @@ def time_attention_variants(model, encoded, device, repeats: int, compile_blocks
     import torch
 
     import iwp_ops
-    from iwp_ops.models import vision_attention
 
     visual = model.model.visual
     pixels, grid = vision_inputs(encoded, device, next(visual.parameters()).dtype)
@@ -88,9 +87,9 @@ def time_attention_variants(model, encoded, device, repeats: int, compile_blocks
     out = {}
     config._attn_implementation = "sdpa"
     out["per-segment loop"] = seconds()
-    config._attn_implementation = vision_attention.PADDED_NAME
+    iwp_ops.pack_vision_attention(model, varlen=False)
     out["padded"] = seconds()
-    config._attn_implementation = vision_attention.NAME
+    iwp_ops.pack_vision_attention(model)
     if device.type == "cuda":
         out["flash varlen"] = seconds()
     if compile_blocks:

@@ -11,25 +11,29 @@ from __future__ import annotations
 
 import argparse
 
+# What every Qwen2.5-VL shares; a configuration adds its sizes.
+_TEXT = {"rope_theta": 1e6, "rms_norm_eps": 1e-6, "tie_word_embeddings": False}
+_VISION = {"window_size": 112, "patch_size": 14, "spatial_merge_size": 2, "temporal_patch_size": 2, "in_channels": 3,
+           "tokens_per_second": 2}
+
+
+def _config(dtype: str, text: dict, vision: dict) -> dict:
+    return {"dtype": dtype, "text": {**text, **_TEXT}, "vision": {**vision, **_VISION}}
+
+
 CONFIGS: dict[str, dict] = {
-    "mid": {
-        "dtype": "float32",
-        "text": {"hidden_size": 512, "intermediate_size": 1536, "num_hidden_layers": 10, "num_attention_heads": 8,
-                 "num_key_value_heads": 2, "vocab_size": 8192, "rope_theta": 1e6, "mrope_section": [8, 12, 12],
-                 "max_position_embeddings": 32768, "rms_norm_eps": 1e-6, "tie_word_embeddings": False},
-        "vision": {"depth": 4, "hidden_size": 256, "intermediate_size": 512, "num_heads": 4, "out_hidden_size": 512,
-                   "window_size": 112, "fullatt_block_indexes": [3], "patch_size": 14, "spatial_merge_size": 2,
-                   "temporal_patch_size": 2, "in_channels": 3, "tokens_per_second": 2},
-    },
-    "7b": {
-        "dtype": "bfloat16",
-        "text": {"hidden_size": 3584, "intermediate_size": 18944, "num_hidden_layers": 28, "num_attention_heads": 28,
-                 "num_key_value_heads": 4, "vocab_size": 152064, "rope_theta": 1e6, "mrope_section": [16, 24, 24],
-                 "max_position_embeddings": 128000, "rms_norm_eps": 1e-6, "tie_word_embeddings": False},
-        "vision": {"depth": 32, "hidden_size": 1280, "intermediate_size": 3420, "num_heads": 16, "out_hidden_size": 3584,
-                   "window_size": 112, "fullatt_block_indexes": [7, 15, 23, 31], "patch_size": 14,
-                   "spatial_merge_size": 2, "temporal_patch_size": 2, "in_channels": 3, "tokens_per_second": 2},
-    },
+    "mid": _config("float32",
+                   text={"hidden_size": 512, "intermediate_size": 1536, "num_hidden_layers": 10,
+                         "num_attention_heads": 8, "num_key_value_heads": 2, "vocab_size": 8192,
+                         "mrope_section": [8, 12, 12], "max_position_embeddings": 32768},
+                   vision={"depth": 4, "hidden_size": 256, "intermediate_size": 512, "num_heads": 4,
+                           "out_hidden_size": 512, "fullatt_block_indexes": [3]}),
+    "7b": _config("bfloat16",
+                  text={"hidden_size": 3584, "intermediate_size": 18944, "num_hidden_layers": 28,
+                        "num_attention_heads": 28, "num_key_value_heads": 4, "vocab_size": 152064,
+                        "mrope_section": [16, 24, 24], "max_position_embeddings": 128000},
+                  vision={"depth": 32, "hidden_size": 1280, "intermediate_size": 3420, "num_heads": 16,
+                          "out_hidden_size": 3584, "fullatt_block_indexes": [7, 15, 23, 31]}),
 }
 
 PROMPTS = {"image": "describe this image .", "video": "describe this video ."}
