@@ -1,0 +1,59 @@
+"""The benchmark harness: what it counts, probes and writes is what the scripts rely on."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import torch
+
+from benchmarks.harness import memory, report
+from benchmarks.harness.flops import flop_model
+from benchmarks.harness.models import CONFIGS
+from benchmarks.harness.timing import orders, runs
+
+GRID = [(8, 24, 24)]  # a 16-frame 336x336 video's patch grid
+
+
+def test_flop_model_prunes_only_the_layers_from_k_on():
+    spec, length, visual = CONFIGS["mid"], 1200, 1152
+    full = flop_model(spec, GRID, length, visual, visual, layer=2, new_tokens=16)
+    cut = flop_model(spec, GRID, length, visual, 128, layer=2, new_tokens=16)
+    assert full["kept_length"] == length and cut["kept_length"] == length - (visual - 128)
+    assert cut["vision"] == full["vision"] > 0
+    assert full["prefill"] == full["vision"] + full["llm_prefill"]
+    assert cut["llm_prefill"] < full["llm_prefill"] and cut["after_k"] < full["after_k"]
+    assert cut["decode"] < full["decode"]
+    later = flop_model(spec, GRID, length, visual, 128, layer=5, new_tokens=16)
+    assert cut["llm_prefill"] < later["llm_prefill"] < full["llm_prefill"]
+    at_k = flop_model(spec, GRID, length, visual, 128, layer=spec["text"]["num_hidden_layers"] - 1, new_tokens=1)
+    assert at_k["after_k"] == 0 and at_k["decode"] == 0
+
+
+def test_peak_probe_sees_what_the_call_allocates():
+    def allocate():
+        block = np.ones(64 * 2**20 // 8)  # 64 MiB, touched
+        return block.sum()
+
+    reading = memory.peak_of(allocate, torch.device("cpu"))
+    assert reading["extra"] >= 48 * 2**20
+
+
+def test_runs_report_the_median_and_the_fastest():
+    calls = []
+    timing = runs(lambda: calls.append(1), torch.device("cpu"), repeats=3, warmups=2)
+    assert len(calls) == 5 and len(timing["seconds_all"]) == 3
+    assert timing["seconds_best"] == min(timing["seconds_all"]) <= timing["seconds"]
+
+
+def test_orders_alternate_so_load_falls_on_every_configuration():
+    assert list(orders((1, 2, 3), 3)) == [(1, 2, 3), (3, 2, 1), (1, 2, 3)]
+
+
+def test_table_aligns_and_results_land_in_the_machine_folder(tmp_path, capsys):
+    text = report.table((("name", -6), ("n", 4)), [("a", 1), ("bb", 22)])
+    assert text.splitlines() == ["name      n", "-----------", "a         1", "bb       22"]
+    assert report.default_out("bench_x", torch.device("cpu")) == report.RESULTS / "cpu" / "bench_x.json"
+    out = report.write_json(tmp_path / "deep" / "x.json", {"a": [1, 2]})
+    assert json.loads(out.read_text()) == {"a": [1, 2]}
+    assert f"wrote {out}" in capsys.readouterr().out
