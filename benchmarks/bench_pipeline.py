@@ -701,7 +701,7 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         prepared, prep = prepare_rows(cfg, rows)
         phases["prepare_s"] = time.perf_counter() - t0
-        matched_threads = max(1, int(cfg.cpus_per_model_actor))
+        matched_threads = max(1, int(cfg.resources.cpus_per_model_actor))
         mark("before_ceiling")
         t0 = time.perf_counter()
         matched = ceiling(cfg, prepared, matched_threads)
@@ -719,7 +719,7 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         init_s = start_ray(args.ray_logs)
         try:
-            actor = actor_threads(cfg.cpus_per_model_actor)
+            actor = actor_threads(cfg.resources.cpus_per_model_actor)
             tw = time.perf_counter()
             warm = run_e2e(cfg.model_copy(update={"input": str(warm_manifest), "output": str(work / "warm-out")}))
             warm_s = time.perf_counter() - tw
@@ -777,7 +777,7 @@ def main(argv: list[str] | None = None) -> int:
                 "bound": ratio(bound, ceiling_ips),
                 "definition": "e2e items/s / ceiling items/s; ceiling = ModelEngine alone on pre-decoded, "
                               "pre-processed batches in one process with the actor's torch thread count",
-                "note": (f"{cpu_count} CPUs: Ray runs the model actor on {cfg.cpus_per_model_actor:g} CPU and decode/"
+                "note": (f"{cpu_count} CPUs: Ray runs the model actor on {cfg.resources.cpus_per_model_actor:g} CPU and decode/"
                          f"preprocess tasks on the rest, sharing them with Ray's own processes; the >= "
                          f"{TARGET_EFFICIENCY} target applies once decode has enough CPU of its own"),
             },

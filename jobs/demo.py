@@ -6,8 +6,9 @@ import shutil
 import time
 from pathlib import Path
 
-from jobs.cli import print_report, resolve_model
+from jobs.default_model import resolve_model
 from jobs.sample_data import demo_scenes, make_sample_dataset
+from jobs.summary import print_report
 from pipeline.config import ModelConfig, PipelineConfig
 from pipeline.run import run_pipeline
 from pipeline.sink import read_results

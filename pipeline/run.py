@@ -68,10 +68,10 @@ def blocks_of(manifest: pa.Table, target_blocks: int = 200, max_rows: int = 64, 
 
 def build_dataset(cfg: PipelineConfig, todo: pa.Table, run_id: str, fingerprint: str, partition: str,
                   board: Any) -> ray.data.Dataset:
-    tags = labels(cfg.name, cfg.task, cfg.pruning.method)
+    tags = labels(cfg.name, cfg.task.kind, cfg.pruning.method)
     # A remote-args function keeps Ray Data from fusing the CPU stages into the model
     # actor, so decoding scales on its own task pool instead of stalling the model.
-    cpu_stage = {"ray_remote_args_fn": lambda: {"num_cpus": cfg.cpus_per_decode_task}, "batch_format": "pyarrow",
+    cpu_stage = {"ray_remote_args_fn": lambda: {"num_cpus": cfg.resources.cpus_per_decode_task}, "batch_format": "pyarrow",
                  "batch_size": cfg.batching.rows_per_decode_batch}
     ds = ray.data.from_arrow(blocks_of(todo))
     ds = ds.map_batches(run_stage, fn_kwargs={"fn": decode_row, "stage": "decode", "board": board, "tags": tags,
@@ -85,9 +85,9 @@ def build_dataset(cfg: PipelineConfig, todo: pa.Table, run_id: str, fingerprint:
         fn_constructor_kwargs={"cfg": cfg, "board": board},
         batch_size=cfg.batching.rows_per_call,
         batch_format="numpy",
-        concurrency=cfg.model_actors,
-        num_cpus=cfg.cpus_per_model_actor,
-        num_gpus=cfg.gpus_per_actor,
+        concurrency=cfg.resources.model_actors,
+        num_cpus=cfg.resources.cpus_per_model_actor,
+        num_gpus=cfg.resources.gpus_per_actor,
     )
     return ds.map_batches(
         write_batch,
@@ -164,7 +164,7 @@ def run_pipeline(cfg: PipelineConfig, *, retry_failed: bool = False, metrics_por
     try:
         return _run(cfg, retry_failed, metrics_port, progress_stream, started)
     except BaseException as exc:
-        push_summary(cfg.pushgateway, JobSummary(job=cfg.name, succeeded=False, duration_s=time.perf_counter() - started))
+        push_summary(cfg.metrics.pushgateway, JobSummary(job=cfg.name, succeeded=False, duration_s=time.perf_counter() - started))
         cause = storage_error(exc)
         if cause is not None and cause is not exc:
             raise OutputStorageError(str(cause)) from exc
@@ -201,7 +201,7 @@ def _run(cfg: PipelineConfig, retry_failed: bool, metrics_port: int | None, prog
         summary = summarise(mine)
         record.finish("succeeded", ok=summary.ok, failed=summary.failed)
         write_record(cfg.output, record)
-    push_summary(cfg.pushgateway, job_summary(cfg, mine, seconds))
+    push_summary(cfg.metrics.pushgateway, job_summary(cfg, mine, seconds))
     return RunReport(
         run_id=run_id,
         fingerprint=fingerprint,
