@@ -104,6 +104,10 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--decode-attempts", type=int, help="tries for an item whose decoder process crashes (default 3)")
     p.add_argument("--no-decode-isolation", action="store_true", default=None,
                    help="decode inside the Ray worker instead of a child process per worker")
+    p.add_argument("--verbose", action="store_true", help=VERBOSE_HELP)
+
+
+VERBOSE_HELP = "also show Ray's, the decoders' and transformers' messages here (always in OUTPUT/_runs/<run id>.log)"
 
 
 def parser() -> argparse.ArgumentParser:
@@ -114,6 +118,7 @@ def parser() -> argparse.ArgumentParser:
     _add_run_options(sub.add_parser("run", help="annotate the media listed in a Parquet manifest"))
     demo = sub.add_parser("demo", help="make sample media and run the job on the embedded default model")
     demo.add_argument("--workdir", default="demo-output", help="where sample media and results go")
+    demo.add_argument("--verbose", action="store_true", help=VERBOSE_HELP)
     ev = sub.add_parser("eval", help="accuracy of every pruning method on held-out generated scenes")
     ev.add_argument("--model", default=None, help="local model directory (default: the shipped reference model)")
     ev.add_argument("--out", default="reports/eval", help="folder for results.json, report.md and plots")
@@ -184,13 +189,14 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "demo":
             from jobs.demo import run_demo
 
-            run_demo(Path(args.workdir))
+            run_demo(Path(args.workdir), verbose=args.verbose)
             return 0
         if args.command == "eval":
             run_eval(args)
             return 0
         cfg = config_from_spec(args) if args.spec else config_from_flags(args)
-        print_report(run_pipeline(cfg, retry_failed=args.retry_failed, metrics_port=args.metrics_port))
+        print_report(run_pipeline(cfg, retry_failed=args.retry_failed, metrics_port=args.metrics_port,
+                                  console="verbose" if args.verbose else "quiet"))
         return 0
     except OutputStorageError as exc:
         print(f"iwp-annotate: output storage error: {exc}; results written so far are kept, free space or fix "
