@@ -44,12 +44,16 @@ def job_config(args: argparse.Namespace) -> JobSpec:
     return cfg
 
 
+VERBOSE_HELP = "also show Ray's, the decoders' and transformers' messages here (always in OUTPUT/_runs/<run id>.log)"
+
+
 def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("spec", nargs="?", help="YAML job spec (see examples/job.yaml); flags given beside it override "
                                            "its values, and without one the flags describe the whole job")
     p.add_argument("--retry-failed", action="store_true", help="also redo ids whose earlier attempt failed")
     p.add_argument("--metrics-port", type=int, help="Ray metrics export port of a local Ray instance")
     add_job_flags(p.add_argument_group("job settings (each a field of the job spec; default from the spec model)"))
+    p.add_argument("--verbose", action="store_true", help=VERBOSE_HELP)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -60,6 +64,7 @@ def parser() -> argparse.ArgumentParser:
     _add_run_options(sub.add_parser("run", help="annotate the media listed in a Parquet manifest"))
     demo = sub.add_parser("demo", help="make sample media and run the job on the embedded default model")
     demo.add_argument("--workdir", default="demo-output", help="where sample media and results go")
+    demo.add_argument("--verbose", action="store_true", help=VERBOSE_HELP)
     ev = sub.add_parser("eval", help="accuracy of every pruning method on held-out generated scenes")
     ev.add_argument("--model", default=None, help="local model directory (default: the shipped reference model)")
     ev.add_argument("--out", default="reports/eval", help="folder for results.json, report.md and plots")
@@ -108,13 +113,14 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "demo":
             from jobs.demo import run_demo
 
-            run_demo(Path(args.workdir))
+            run_demo(Path(args.workdir), verbose=args.verbose)
             return 0
         if args.command == "eval":
             run_eval(args)
             return 0
         cfg = job_config(args)
-        print_report(run_pipeline(cfg, retry_failed=args.retry_failed, metrics_port=args.metrics_port))
+        print_report(run_pipeline(cfg, retry_failed=args.retry_failed, metrics_port=args.metrics_port,
+                                  console="verbose" if args.verbose else "quiet"))
         return 0
     except OutputStorageError as exc:
         print(f"iwp-annotate: output storage error: {exc}; results written so far are kept, free space or fix "
