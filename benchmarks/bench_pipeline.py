@@ -650,7 +650,7 @@ def end_to_end(cfg, warm_manifest: Path, work: Path, show_logs: bool) -> dict:
 
     init_s = start_ray(show_logs)
     try:
-        actor = actor_threads(cfg.cpus_per_model_actor)
+        actor = actor_threads(cfg.resources.cpus_per_model_actor)
         tw = time.perf_counter()
         warm = run_e2e(cfg.model_copy(update={"input": str(warm_manifest), "output": str(work / "warm-out")}))
         warm_s = time.perf_counter() - tw
@@ -681,7 +681,7 @@ def efficiency(e2e: dict, ceiling_ips: float, all_cores: dict | None, bound: flo
         "bound": ratio(bound, ceiling_ips),
         "definition": "e2e items/s / ceiling items/s; ceiling = ModelEngine alone on pre-decoded, "
                       "pre-processed batches in one process with the actor's torch thread count",
-        "note": (f"{cpu_count} CPUs: Ray runs the model actor on {cfg.cpus_per_model_actor:g} CPU and decode/"
+        "note": (f"{cpu_count} CPUs: Ray runs the model actor on {cfg.resources.cpus_per_model_actor:g} CPU and decode/"
                  f"preprocess tasks on the rest, sharing them with Ray's own processes; the >= "
                  f"{TARGET_EFFICIENCY} target applies once decode has enough CPU of its own"),
     }
@@ -717,7 +717,7 @@ def measure(args: argparse.Namespace, work: Path, phases: Phases) -> dict:
     t0 = time.perf_counter()
     prepared, prep = prepare_rows(cfg, rows)
     phases.seconds["prepare_s"] = time.perf_counter() - t0
-    matched_threads, cpu_count = max(1, int(cfg.cpus_per_model_actor)), os.cpu_count() or 1
+    matched_threads, cpu_count = max(1, int(cfg.resources.cpus_per_model_actor)), os.cpu_count() or 1
     phases.mark("before_ceiling")
     t0 = time.perf_counter()
     matched = ceiling(cfg, prepared, matched_threads)

@@ -7,6 +7,7 @@ It describes coloured shapes on textured backgrounds, nothing else; callers say 
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import reference
@@ -24,3 +25,13 @@ def default_model_path() -> Path:
     if not (target / "config.json").exists():
         raise FileNotFoundError(f"the shipped reference model is missing: {target} has no config.json")
     return target
+
+
+def resolve_model(model: str | None) -> str:
+    """A local model directory as an absolute path; None means the embedded default (said so on the console)."""
+    if model is None:
+        print(DEFAULT_MODEL_NOTE, flush=True)
+        return str(default_model_path())
+    if not os.path.isdir(model):
+        raise FileNotFoundError(f"--model {model!r} is not a local model directory")
+    return os.path.abspath(model)

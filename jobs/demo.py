@@ -6,15 +6,16 @@ import shutil
 import time
 from pathlib import Path
 
-from jobs.cli import print_report, resolve_model
+from jobs.default_model import resolve_model
 from jobs.sample_data import demo_scenes, make_sample_dataset
+from jobs.summary import print_report
 from pipeline.config import ModelConfig, PipelineConfig
 from pipeline.run import run_pipeline
 from pipeline.sink import read_results
 from scenes.grading import caption_scores
 
 
-def run_demo(workdir: Path) -> None:
+def run_demo(workdir: Path, verbose: bool = False) -> None:
     started = time.perf_counter()
     if workdir.exists():
         shutil.rmtree(workdir)
@@ -26,7 +27,7 @@ def run_demo(workdir: Path) -> None:
         output=str(workdir / "output"),
         model=ModelConfig(path=resolve_model(None)),
     )
-    report = run_pipeline(cfg)
+    report = run_pipeline(cfg, console="verbose" if verbose else "quiet")
     print_report(report)
     exact = 0
     for row in read_results(cfg.output).sort_by("id").to_pylist():

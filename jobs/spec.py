@@ -1,4 +1,5 @@
-"""The YAML job spec: one validated description of a run, for files, RayJobs and the CLI.
+"""The YAML job spec: the run's configuration (`pipeline.config.PipelineConfig`) as a file, for
+RayJobs and the CLI, plus an informational cron schedule.
 
 ```yaml
 name: nightly-captions           # ^[a-z0-9][a-z0-9-]{0,62}$ ; metrics label, Pushgateway group
@@ -12,29 +13,29 @@ generation: {max_new_tokens: 32}
 batching: {max_batch_size: 8, max_batch_tokens: 16384}
 resources: {model_actors: [1, 4], gpus_per_actor: 1, cpus_per_decode_task: 1}
 metrics: {pushgateway: "http://iwp-pushgateway:9091"}   # optional
+stall_timeout_s: 900             # fail the job when no item finishes for this long
 grace_period_s: 25               # on SIGTERM, exit within this long (code 143); rerun finishes the rest
 decode_isolation: {enabled: true, timeout_s: 120, max_attempts: 3}
 schedule: "0 2 * * *"            # optional, informational (Kubernetes schedules the runs)
 ```
 
-The model, sampling, generation, pruning and batching sections are pipeline.config's own
-models, so the spec and the CLI flags cannot drift apart. Unknown keys are refused
-everywhere. The file is read with `yaml.safe_load` (no Python object tags) and nothing in it
-is expanded: no environment variables, so no secrets belong in a spec.
+Unknown keys are refused everywhere. The file is read with `yaml.safe_load` (no Python object
+tags) and nothing in it is expanded: no environment variables, so no secrets belong in a spec.
+`spec_from_data` validates a mapping, so the CLI's flags (laid over a spec's mapping, or over
+an empty one) go through exactly the same checks and messages as a file.
 """
 
 from __future__ import annotations
 
-import copy
-from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit
+from typing import Any
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator
 
-from pipeline.config import (BatchingConfig, DecodeIsolationConfig, GenerationConfig, ModelConfig, PipelineConfig,
-                             PruningConfig, SamplingConfig)
-from pipeline.tags import vocabulary_problem
+from pipeline.config import CaptionTask, PipelineConfig, TagTask
+
+__all__ = ["CaptionTask", "JobSpec", "SpecError", "TagTask", "load_spec", "load_spec_data", "parse_spec",
+           "spec_from_data", "validate_cron"]
 
 MAX_SPEC_BYTES = 1 << 20
 
@@ -45,84 +46,6 @@ class SpecError(ValueError):
     def __init__(self, message: str, problems: list[str] | None = None):
         super().__init__(message)
         self.problems = problems or []
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-def _same_as_pipeline(field: str):
-    """PipelineConfig's own definition of a field (type constraints, default, description)."""
-    return copy.copy(PipelineConfig.model_fields[field])
-
-
-# ---- task ----------------------------------------------------------------------------------
-
-
-class CaptionTask(_Strict):
-    kind: Literal["caption"] = "caption"
-
-
-def _vocabulary_entry(entry: str) -> str:
-    problem = vocabulary_problem(entry)
-    if problem:
-        raise ValueError(problem)
-    return entry
-
-
-class TagTask(_Strict):
-    kind: Literal["tag"]
-    vocabulary: tuple[Annotated[str, AfterValidator(_vocabulary_entry)], ...] = Field(
-        min_length=1, description="closed set of tags: lowercase words separated by single spaces, unique")
-    prompt: str | None = Field(None, min_length=1, description="question for the model (default lists the vocabulary)")
-
-    @field_validator("vocabulary")
-    @classmethod
-    def _unique(cls, vocabulary: tuple[str, ...]) -> tuple[str, ...]:
-        first: dict[str, int] = {}
-        repeats = [f"{e!r} at [{i}] repeats [{first[e]}]" for i, e in enumerate(vocabulary) if first.setdefault(e, i) != i]
-        if repeats:
-            raise ValueError("entries must be unique: " + ", ".join(repeats))
-        return vocabulary
-
-
-TaskSpec = Annotated[CaptionTask | TagTask, Field(discriminator="kind")]
-
-
-# ---- resources, metrics, schedule ----------------------------------------------------------
-
-
-class ResourcesSpec(_Strict):
-    """Ray resources; the same fields, constraints and defaults as PipelineConfig's."""
-
-    model_actors: tuple[int, int] = _same_as_pipeline("model_actors")
-    gpus_per_actor: float = _same_as_pipeline("gpus_per_actor")
-    cpus_per_model_actor: float = _same_as_pipeline("cpus_per_model_actor")
-    cpus_per_decode_task: float = _same_as_pipeline("cpus_per_decode_task")
-
-    @field_validator("model_actors")
-    @classmethod
-    def _pool(cls, pool: tuple[int, int]) -> tuple[int, int]:
-        lo, hi = pool
-        if not 1 <= lo <= hi:
-            raise ValueError(f"must be [min, max] with 1 <= min <= max, got [{lo}, {hi}]")
-        return pool
-
-
-class MetricsSpec(_Strict):
-    pushgateway: str | None = Field(None, description="http(s)://host:port of a Prometheus Pushgateway; null = no push")
-
-    @field_validator("pushgateway")
-    @classmethod
-    def _url(cls, url: str | None) -> str | None:
-        if url is None:
-            return None
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"must be an http:// or https:// URL with a host, got {url!r}")
-        if parts.username or parts.password:
-            raise ValueError("must not carry credentials (secrets never go in a job spec)")
-        return url
 
 
 _CRON_FIELDS = (  # (name, low, high, names)
@@ -171,78 +94,15 @@ def validate_cron(schedule: str) -> str:
 # ---- the spec ------------------------------------------------------------------------------
 
 
-class JobSpec(_Strict):
-    """One annotation job. `to_pipeline_config()` gives what `pipeline.run.run_pipeline` takes."""
+class JobSpec(PipelineConfig):
+    """One annotation job: the pipeline's configuration plus when Kubernetes runs it."""
 
-    name: str = _same_as_pipeline("name")
-    task: TaskSpec = CaptionTask()
-    input: str = Field(min_length=1, description="manifest Parquet file (local path or pyarrow URI)")
-    output: str = Field(min_length=1, description="output directory; results land in OUTPUT/results")
-    model: ModelConfig
-    pruning: PruningConfig = PruningConfig()
-    sampling: SamplingConfig = SamplingConfig()
-    generation: GenerationConfig = GenerationConfig()
-    batching: BatchingConfig = BatchingConfig()
-    resources: ResourcesSpec = ResourcesSpec()
-    metrics: MetricsSpec = MetricsSpec()
-    grace_period_s: float = _same_as_pipeline("grace_period_s")
-    decode_isolation: DecodeIsolationConfig = DecodeIsolationConfig()
     schedule: str | None = Field(None, description="cron schedule (5 fields); informational, Kubernetes runs it")
-
-    @field_validator("metrics", mode="before")
-    @classmethod
-    def _no_metrics(cls, value: Any) -> Any:
-        return {} if value is None else value  # `metrics:` or `metrics: null` = no push
 
     @field_validator("schedule")
     @classmethod
     def _cron(cls, schedule: str | None) -> str | None:
         return None if schedule is None else validate_cron(schedule)
-
-    def pipeline_config_fields(self) -> dict[str, Any]:
-        """The keyword arguments of PipelineConfig that this spec sets."""
-        tag = self.task if isinstance(self.task, TagTask) else None
-        return {
-            "name": self.name,
-            "input": self.input,
-            "output": self.output,
-            "task": self.task.kind,
-            "tag_vocabulary": tag.vocabulary if tag else (),
-            "tag_prompt": tag.prompt if tag else None,
-            "model": self.model,
-            "sampling": self.sampling,
-            "generation": self.generation,
-            "pruning": self.pruning,
-            "batching": self.batching,
-            "model_actors": self.resources.model_actors,
-            "gpus_per_actor": self.resources.gpus_per_actor,
-            "cpus_per_model_actor": self.resources.cpus_per_model_actor,
-            "cpus_per_decode_task": self.resources.cpus_per_decode_task,
-            "pushgateway": self.metrics.pushgateway,
-            "grace_period_s": self.grace_period_s,
-            "decode_isolation": self.decode_isolation,
-        }
-
-    def to_pipeline_config(self) -> PipelineConfig:
-        try:
-            return PipelineConfig(**self.pipeline_config_fields())
-        except ValidationError as exc:
-            problems = format_problems(exc)
-            raise SpecError("job spec does not make a valid pipeline config:\n  " + "\n  ".join(problems), problems) from None
-
-    @classmethod
-    def from_pipeline_config(cls, cfg: PipelineConfig, schedule: str | None = None) -> JobSpec:
-        """The spec that `to_pipeline_config` turns back into `cfg` (for the CLI's flag form)."""
-        task = TagTask(kind="tag", vocabulary=cfg.tag_vocabulary, prompt=cfg.tag_prompt) if cfg.task == "tag" else CaptionTask()
-        return cls(
-            name=cfg.name, task=task, input=cfg.input, output=cfg.output, model=cfg.model, pruning=cfg.pruning,
-            sampling=cfg.sampling, generation=cfg.generation, batching=cfg.batching,
-            resources=ResourcesSpec(model_actors=cfg.model_actors, gpus_per_actor=cfg.gpus_per_actor,
-                                    cpus_per_model_actor=cfg.cpus_per_model_actor,
-                                    cpus_per_decode_task=cfg.cpus_per_decode_task),
-            metrics=MetricsSpec(pushgateway=cfg.pushgateway), grace_period_s=cfg.grace_period_s,
-            decode_isolation=cfg.decode_isolation, schedule=schedule,
-        )
 
 
 # ---- loading -------------------------------------------------------------------------------
@@ -296,8 +156,8 @@ def _duplicate_keys(text: str) -> list[str]:
     return found
 
 
-def parse_spec(text: str | bytes, source: str = "job spec") -> JobSpec:
-    """Validate YAML text as a JobSpec; every failure is a SpecError naming `source`."""
+def parse_spec_data(text: str | bytes, source: str = "job spec") -> dict[str, Any]:
+    """The mapping in YAML text, refused (SpecError naming `source`) unless it is one, with no key twice."""
     try:
         data = yaml.safe_load(text)
         duplicates = _duplicate_keys(text)
@@ -309,6 +169,11 @@ def parse_spec(text: str | bytes, source: str = "job spec") -> JobSpec:
         raise SpecError(f"{source} must be a YAML mapping of job spec fields, got a {type(data).__name__}")
     if duplicates:
         raise SpecError(f"invalid job spec {source}:\n  " + "\n  ".join(duplicates), duplicates)
+    return data
+
+
+def spec_from_data(data: dict[str, Any], source: str = "job spec") -> JobSpec:
+    """Validate a mapping as a JobSpec; every failure is a SpecError naming `source` and each field path."""
     try:
         return JobSpec.model_validate(data)
     except ValidationError as exc:
@@ -332,6 +197,16 @@ def read_spec_bytes(path_or_uri: str) -> bytes:
     return data
 
 
+def parse_spec(text: str | bytes, source: str = "job spec") -> JobSpec:
+    """Validate YAML text as a JobSpec; every failure is a SpecError naming `source`."""
+    return spec_from_data(parse_spec_data(text, source), source)
+
+
+def load_spec_data(path_or_uri: str) -> dict[str, Any]:
+    """A spec file's mapping, before validation (the CLI lays its flags over it)."""
+    return parse_spec_data(read_spec_bytes(path_or_uri), str(path_or_uri))
+
+
 def load_spec(path_or_uri: str) -> JobSpec:
     """Read and validate a job spec file; raises SpecError with every problem listed."""
-    return parse_spec(read_spec_bytes(path_or_uri), str(path_or_uri))
+    return spec_from_data(load_spec_data(path_or_uri), str(path_or_uri))

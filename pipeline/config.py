@@ -1,10 +1,15 @@
-"""Validated configuration for one pipeline run, shared by the CLI flags and job specs."""
+"""The one configuration model of a run: its nested shape is the YAML job spec's, and the CLI
+flags only overlay it (`jobs/cli.py` derives them from these fields, help and defaults included).
+Every constraint lives here, so a value is refused the same way from a file and from a flag."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+
+from pipeline.tags import default_tag_prompt, vocabulary_problem
 
 
 class _Strict(BaseModel):
@@ -25,15 +30,17 @@ class SamplingConfig(_Strict):
 class ModelConfig(_Strict):
     path: str = Field(description="local directory with a saved transformers model and processor")
     device: str = Field("auto", description="'auto', 'cpu', 'cuda' or 'cuda:N'")
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
-    trust_remote_code: bool = False
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="weights' dtype; auto: bfloat16 on a GPU, float32 on a CPU")
+    trust_remote_code: bool = Field(False, description="allow the model directory's own Python code (off: only "
+                                                       "transformers' classes run)")
     compile_vision: Literal["auto", "on", "off"] = Field(
-        "auto", description="torch.compile the Qwen vision blocks (iwp_ops.compile_vision_blocks); auto: on CUDA only, "
-                            "where it made a 7B encoder 2.5x faster; each actor compiles at its first video and image")
+        "auto", description="torch.compile the Qwen vision blocks (iwp_ops.compile_vision_blocks); auto: on CUDA only; "
+                            "each actor compiles at its first video and image")
 
 
 class GenerationConfig(_Strict):
-    max_new_tokens: int = Field(32, ge=1, le=4096)
+    max_new_tokens: int = Field(32, ge=1, le=4096, description="most tokens generated per item")
     prompt: str = Field("describe this image .", description="used when a manifest row has no prompt")
     video_prompt: str = Field("describe this video .", description="default prompt for videos")
 
@@ -74,40 +81,100 @@ class DecodeIsolationConfig(_Strict):
     max_attempts: int = Field(3, ge=1, le=10, description="tries per item whose decoder process dies before DecoderCrashed")
 
 
+class CaptionTask(_Strict):
+    kind: Literal["caption"] = Field("caption", description="caption (default) or tag")
+
+
+def _vocabulary_entry(entry: str) -> str:
+    problem = vocabulary_problem(entry)
+    if problem:
+        raise ValueError(problem)
+    return entry
+
+
+class TagTask(_Strict):
+    kind: Literal["tag"] = Field(description="caption (default) or tag")
+    vocabulary: tuple[Annotated[str, AfterValidator(_vocabulary_entry)], ...] = Field(
+        min_length=1, description="closed set of tags: lowercase words separated by single spaces, unique")
+    prompt: str | None = Field(None, min_length=1, description="question for the model (default lists the vocabulary)")
+
+    @field_validator("vocabulary")
+    @classmethod
+    def _unique(cls, vocabulary: tuple[str, ...]) -> tuple[str, ...]:
+        first: dict[str, int] = {}
+        repeats = [f"{e!r} at [{i}] repeats [{first[e]}]" for i, e in enumerate(vocabulary) if first.setdefault(e, i) != i]
+        if repeats:
+            raise ValueError("entries must be unique: " + ", ".join(repeats))
+        return vocabulary
+
+
+TaskConfig = Annotated[CaptionTask | TagTask, Field(discriminator="kind")]
+
+
+class ResourcesConfig(_Strict):
+    """Ray resources of the stages."""
+
+    model_actors: tuple[int, int] = Field((1, 1), description="[min, max] model actors of the autoscaling pool")
+    gpus_per_actor: float = Field(0.0, ge=0, description="GPUs per model actor")
+    cpus_per_model_actor: float = Field(1.0, gt=0, description="CPUs per model actor")
+    cpus_per_decode_task: float = Field(1.0, gt=0, description="CPUs per decode/preprocess task")
+
+    @field_validator("model_actors")
+    @classmethod
+    def _pool(cls, pool: tuple[int, int]) -> tuple[int, int]:
+        lo, hi = pool
+        if not 1 <= lo <= hi:
+            raise ValueError(f"must be [min, max] with 1 <= min <= max, got [{lo}, {hi}]")
+        return pool
+
+
+class MetricsConfig(_Strict):
+    pushgateway: str | None = Field(None, description="http(s)://host:port of a Prometheus Pushgateway for the "
+                                                      "end-of-run summary; null = no push")
+
+    @field_validator("pushgateway")
+    @classmethod
+    def _url(cls, url: str | None) -> str | None:
+        if url is None:
+            return None
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"must be an http:// or https:// URL with a host, got {url!r}")
+        if parts.username or parts.password:
+            raise ValueError("must not carry credentials (secrets never go in a job spec)")
+        return url
+
+
 class PipelineConfig(_Strict):
+    """One annotation run, as `pipeline.run.run_pipeline` takes it."""
+
     name: str = Field("iwp-annotate", pattern=r"^[a-z0-9][a-z0-9-]{0,62}$", description="job name: metrics label and Pushgateway group")
-    input: str
-    output: str
-    task: Literal["caption", "tag"] = "caption"
-    tag_vocabulary: tuple[str, ...] = Field((), description="closed tag vocabulary for task 'tag'")
-    tag_prompt: str | None = Field(None, description="prompt for task 'tag' (default lists the vocabulary)")
+    task: TaskConfig = CaptionTask()
+    input: str = Field(min_length=1, description="manifest Parquet file (local path or pyarrow URI)")
+    output: str = Field(min_length=1, description="output directory; results land in OUTPUT/results")
     model: ModelConfig
+    pruning: PruningConfig = PruningConfig()
     sampling: SamplingConfig = SamplingConfig()
     generation: GenerationConfig = GenerationConfig()
-    pruning: PruningConfig = PruningConfig()
     batching: BatchingConfig = BatchingConfig()
-    model_actors: tuple[int, int] = Field((1, 1), description="(min, max) model actors")
-    gpus_per_actor: float = Field(0.0, ge=0)
-    cpus_per_model_actor: float = Field(1.0, gt=0)
-    cpus_per_decode_task: float = Field(1.0, gt=0)
-    pushgateway: str | None = Field(None, description="Pushgateway URL for the end-of-run summary")
+    resources: ResourcesConfig = ResourcesConfig()
+    metrics: MetricsConfig = MetricsConfig()
     stall_timeout_s: float = Field(900.0, gt=0, description="fail the job when no item finishes for this long")
     grace_period_s: float = Field(25.0, gt=0, description="on SIGTERM, exit within this many seconds (exit code 143)")
     decode_isolation: DecodeIsolationConfig = DecodeIsolationConfig()
 
-    @model_validator(mode="after")
-    def _tagging_needs_vocabulary(self) -> PipelineConfig:
-        if self.task == "tag" and not self.tag_vocabulary:
-            raise ValueError("task 'tag' needs a non-empty tag_vocabulary")
-        if self.task != "tag" and (self.tag_vocabulary or self.tag_prompt):
-            raise ValueError("tag_vocabulary and tag_prompt only apply to task 'tag'")
-        return self
+    @field_validator("metrics", mode="before")
+    @classmethod
+    def _no_metrics(cls, value: object) -> object:
+        return {} if value is None else value  # `metrics:` or `metrics: null` = no push
 
     @property
     def task_prompt(self) -> str | None:
         """The default question for tagging; None keeps the caption prompts."""
-        if self.task != "tag":
+        if not isinstance(self.task, TagTask):
             return None
-        from pipeline.tags import default_tag_prompt
+        return self.task.prompt or default_tag_prompt(self.task.vocabulary)
 
-        return self.tag_prompt or default_tag_prompt(self.tag_vocabulary)
+    @property
+    def tag_vocabulary(self) -> tuple[str, ...]:
+        return self.task.vocabulary if isinstance(self.task, TagTask) else ()

@@ -90,7 +90,7 @@ class ModelEngine:
     def __init__(self, cfg: PipelineConfig, board: Any = None):
         self.cfg = cfg
         self.board = board
-        self.tags = labels(cfg.name, cfg.task, cfg.pruning.method)
+        self.tags = labels(cfg.name, cfg.task.kind, cfg.pruning.method)
         self.metrics = stage_metrics()
         self.processor = load_processor(cfg.model.path, cfg.model.trust_remote_code)
         self.model = load_model(cfg)
@@ -123,7 +123,7 @@ class ModelEngine:
         for group in packs:
             self._run([ready[i] for i in group], [inputs[i] for i in group])
         for r in rows:
-            r.update(model=self.cfg.model.path, task=self.cfg.task)
+            r.update(model=self.cfg.model.path, task=self.cfg.task.kind)
         report(self.board, "model", len(rows), key)
         return to_result_table(rows)
 
@@ -153,7 +153,7 @@ class ModelEngine:
             self.metrics.visual_tokens.inc(row["num_kept_tokens"], tags={**self.tags, "phase": "after"})
             if not text:
                 mark_failed(row, "model", ValueError("model produced an empty answer"))
-            elif self.cfg.task == "tag":
+            elif self.cfg.task.kind == "tag":
                 row["tags"], row["tags_unknown"] = parse_tags(text, self.cfg.tag_vocabulary)
                 row["answer"] = text
             else:

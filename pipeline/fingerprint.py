@@ -35,7 +35,7 @@ def run_fingerprint(cfg: PipelineConfig) -> str:
     payload = {
         "model": model_identity(cfg.model.path),
         "dtype": cfg.model.dtype,
-        "task": cfg.task,
+        "task": cfg.task.kind,
         "generation": cfg.generation.model_dump(),
         "pruning": cfg.pruning.model_dump(),
         "sampling": cfg.sampling.model_dump(),

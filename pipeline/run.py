@@ -15,6 +15,7 @@ import ray
 
 from pipeline import preemption
 from pipeline.config import PipelineConfig
+from pipeline.console import Console, captured
 from pipeline.decode import decode_row
 from pipeline.engine import ModelEngine
 from pipeline.fingerprint import new_run_id, run_fingerprint
@@ -79,10 +80,11 @@ def blocks_of(manifest: pa.Table, target_blocks: int = 200, max_rows: int = 64, 
 
 def build_dataset(cfg: PipelineConfig, todo: pa.Table, run_id: str, fingerprint: str, partition: str,
                   board: Any) -> ray.data.Dataset:
-    tags = labels(cfg.name, cfg.task, cfg.pruning.method)
+    tags = labels(cfg.name, cfg.task.kind, cfg.pruning.method)
+    min_actors, max_actors = cfg.resources.model_actors
     # A remote-args function keeps Ray Data from fusing the CPU stages into the model
     # actor, so decoding scales on its own task pool instead of stalling the model.
-    cpu_stage = {"ray_remote_args_fn": lambda: {"num_cpus": cfg.cpus_per_decode_task}, "batch_format": "pyarrow",
+    cpu_stage = {"ray_remote_args_fn": lambda: {"num_cpus": cfg.resources.cpus_per_decode_task}, "batch_format": "pyarrow",
                  "batch_size": cfg.batching.rows_per_decode_batch}
     ds = ray.data.from_arrow(blocks_of(todo))
     ds = ds.map_batches(run_stage, fn_kwargs={"fn": decode_row, "stage": "decode", "board": board, "tags": tags,
@@ -96,9 +98,9 @@ def build_dataset(cfg: PipelineConfig, todo: pa.Table, run_id: str, fingerprint:
         fn_constructor_kwargs={"cfg": cfg, "board": board},
         batch_size=cfg.batching.rows_per_call,
         batch_format="numpy",
-        concurrency=cfg.model_actors,
-        num_cpus=cfg.cpus_per_model_actor,
-        num_gpus=cfg.gpus_per_actor,
+        compute=ray.data.ActorPoolStrategy(min_size=min_actors, max_size=max_actors),
+        num_cpus=cfg.resources.cpus_per_model_actor,
+        num_gpus=cfg.resources.gpus_per_actor,
     )
     return ds.map_batches(
         write_batch,
@@ -167,8 +169,11 @@ def job_summary(cfg: PipelineConfig, run: pa.Table, seconds: float) -> JobSummar
 
 
 def run_pipeline(cfg: PipelineConfig, *, retry_failed: bool = False, metrics_port: int | None = None,
-                 progress_stream=None, observer: RunObserver | None = None) -> RunReport:
+                 progress_stream=None, console: Console = "inherit", observer: RunObserver | None = None) -> RunReport:
     """Validate, skip ids already done under the same fingerprint, stream the rest to Parquet.
+
+    `console` "quiet" or "verbose" sends what Ray, the decoders and transformers print to the
+    run's log file (see pipeline.console), "verbose" to the console as well.
 
     Pushes a summary to the Pushgateway at the end (success) or on any failure. SIGTERM
     raises `preemption.Preempted` (see there); a failed write to the output raises
@@ -178,9 +183,9 @@ def run_pipeline(cfg: PipelineConfig, *, retry_failed: bool = False, metrics_por
     started = time.perf_counter()
     restore = preemption.install(cfg.grace_period_s)
     try:
-        return _run(cfg, retry_failed, metrics_port, progress_stream, observer, started)
+        return _run(cfg, retry_failed, metrics_port, progress_stream, console, observer, started)
     except BaseException as exc:
-        push_summary(cfg.pushgateway, JobSummary(job=cfg.name, succeeded=False, duration_s=time.perf_counter() - started))
+        push_summary(cfg.metrics.pushgateway, JobSummary(job=cfg.name, succeeded=False, duration_s=time.perf_counter() - started))
         cause = storage_error(exc)
         if cause is not None and cause is not exc:
             raise OutputStorageError(str(cause)) from exc
@@ -189,7 +194,7 @@ def run_pipeline(cfg: PipelineConfig, *, retry_failed: bool = False, metrics_por
         restore()
 
 
-def _run(cfg: PipelineConfig, retry_failed: bool, metrics_port: int | None, progress_stream,
+def _run(cfg: PipelineConfig, retry_failed: bool, metrics_port: int | None, progress_stream, console: Console,
          observer: RunObserver | None, started: float) -> RunReport:
     if not os.path.isdir(cfg.model.path):
         raise FileNotFoundError(f"model directory {cfg.model.path!r} does not exist")
@@ -206,7 +211,9 @@ def _run(cfg: PipelineConfig, retry_failed: bool, metrics_port: int | None, prog
             record.todo, record.skipped = len(todo), len(manifest) - len(todo)
             write_record(cfg.output, record)
             if len(todo):
-                _execute(cfg, todo, run_id, fingerprint, partition, metrics_port, progress_stream, observer)
+                with captured(cfg.output, run_id, console) as terminal:
+                    _execute(cfg, todo, run_id, fingerprint, partition, metrics_port, progress_stream or terminal,
+                             observer)
             fill_missing(cfg.output, manifest, reconcile(cfg.output)["id"], run_id, fingerprint, partition)
         except BaseException as exc:
             record.finish(_outcome(exc), error=f"{type(exc).__name__}: {exc}"[:2000])
@@ -218,7 +225,7 @@ def _run(cfg: PipelineConfig, retry_failed: bool, metrics_port: int | None, prog
         summary = summarise(mine)
         record.finish("succeeded", ok=summary.ok, failed=summary.failed)
         write_record(cfg.output, record)
-    push_summary(cfg.pushgateway, job_summary(cfg, mine, seconds))
+    push_summary(cfg.metrics.pushgateway, job_summary(cfg, mine, seconds))
     return RunReport(
         run_id=run_id,
         fingerprint=fingerprint,

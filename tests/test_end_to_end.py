@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.config import ModelConfig, PipelineConfig, PruningConfig, SamplingConfig
+from pipeline.config import ModelConfig, PipelineConfig, PruningConfig, SamplingConfig, TagTask
 from pipeline.manifest import ManifestError
 from pipeline.lock import OutputLockedError, output_lock
 from pipeline.run import run_pipeline
@@ -137,8 +137,7 @@ def test_tagging_keeps_only_vocabulary_words(tmp_path, media, tiny_model_dir, ra
                                                        {"id": "i", "uri": str(media["image"])}]),
         output=str(tmp_path / "out"),
         model=ModelConfig(path=str(tiny_model_dir)),
-        task="tag",
-        tag_vocabulary=vocabulary,
+        task=TagTask(kind="tag", vocabulary=vocabulary),
     )
     run_pipeline(cfg)
     rows = read_results(cfg.output).to_pylist()
@@ -151,8 +150,8 @@ def test_tagging_keeps_only_vocabulary_words(tmp_path, media, tiny_model_dir, ra
 
 
 def test_tag_task_needs_a_vocabulary(tiny_model_dir):
-    with pytest.raises(ValueError, match="needs a non-empty tag_vocabulary"):
-        PipelineConfig(input="m", output="o", model=ModelConfig(path=str(tiny_model_dir)), task="tag")
+    with pytest.raises(ValueError, match="task.tag.vocabulary\n  Field required"):
+        PipelineConfig(input="m", output="o", model=ModelConfig(path=str(tiny_model_dir)), task={"kind": "tag"})
 
 
 def test_unknown_pruning_method_is_refused():

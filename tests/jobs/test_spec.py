@@ -43,8 +43,7 @@ def test_example_specs_load(path):
     assert spec.name == raw["name"] and spec.input == raw["input"] and spec.output == raw["output"]
     assert spec.task.kind == raw["task"]["kind"]
     assert list(spec.resources.model_actors) == raw["resources"]["model_actors"]
-    cfg = spec.to_pipeline_config()
-    assert isinstance(cfg, PipelineConfig) and cfg.model.path == raw["model"]["path"]
+    assert isinstance(spec, PipelineConfig) and spec.model.path == raw["model"]["path"]
 
 
 def test_k8s_specs_and_the_full_example():
@@ -61,16 +60,15 @@ def test_k8s_specs_and_the_full_example():
 
 
 def test_defaults_are_the_pipeline_defaults():
-    spec = parse_spec(spec_text())
-    cfg = spec.to_pipeline_config()
-    assert spec.name == cfg.name == PipelineConfig.model_fields["name"].default
-    assert isinstance(spec.task, CaptionTask) and cfg.task == "caption"
+    cfg = parse_spec(spec_text())
+    assert cfg.name == PipelineConfig.model_fields["name"].default
+    assert isinstance(cfg.task, CaptionTask) and cfg.task.kind == "caption" and cfg.task_prompt is None
     assert cfg.sampling == SamplingConfig() and cfg.generation == GenerationConfig()
     assert cfg.batching == BatchingConfig() and cfg.pruning == PruningConfig()
-    assert cfg.model_actors == (1, 1) and cfg.gpus_per_actor == 0.0 and cfg.pushgateway is None
+    assert cfg.resources.model_actors == (1, 1) and cfg.resources.gpus_per_actor == 0.0 and cfg.metrics.pushgateway is None
 
 
-def test_to_pipeline_config_round_trip():
+def test_every_spec_value_reaches_the_pipeline_config():
     text = textwrap.dedent("""\
         name: tagger-7
         task: {kind: tag, vocabulary: [red, light blue, circle], prompt: "list the tags ."}
@@ -85,23 +83,22 @@ def test_to_pipeline_config_round_trip():
         metrics: {pushgateway: "https://push.example:9091"}
         schedule: "*/15 1-5 * jan-mar mon,fri"
         """)
-    spec = parse_spec(text)
-    cfg = spec.to_pipeline_config()
+    cfg = parse_spec(text)
     assert cfg.name == "tagger-7" and cfg.input == "/data/m.parquet" and cfg.output == "s3://bucket/out"
-    assert cfg.task == "tag" and cfg.tag_vocabulary == ("red", "light blue", "circle") and cfg.tag_prompt == "list the tags ."
+    assert cfg.task.kind == "tag" and cfg.tag_vocabulary == ("red", "light blue", "circle")
+    assert cfg.task.prompt == cfg.task_prompt == "list the tags ."
     assert cfg.model == ModelConfig(path="/models/m", dtype="float16", device="cuda:1", trust_remote_code=True,
                                     compile_vision="off")
     assert cfg.pruning == PruningConfig(method="fastv", keep_ratio=0.5, layer=3, fidelity_target=0.9, options={"lam": 0.5})
     assert cfg.sampling == SamplingConfig(num_frames=4, max_side=224, max_image_pixels=1000)
     assert cfg.generation == GenerationConfig(max_new_tokens=7, prompt="p .", video_prompt="v .")
     assert cfg.batching == BatchingConfig(max_batch_size=3, max_batch_tokens=999, rows_per_call=5)
-    assert (cfg.model_actors, cfg.gpus_per_actor, cfg.cpus_per_model_actor, cfg.cpus_per_decode_task) == ((2, 6), 0.5, 2, 0.25)
-    assert cfg.pushgateway == "https://push.example:9091"
-    # Every key the spec sets is a PipelineConfig field, and the way back gives the same spec.
-    assert set(spec.pipeline_config_fields()) <= set(PipelineConfig.model_fields)
-    assert JobSpec.from_pipeline_config(cfg, schedule=spec.schedule) == spec
-    caption = parse_spec(spec_text(name="c"))
-    assert JobSpec.from_pipeline_config(caption.to_pipeline_config()) == caption
+    r = cfg.resources
+    assert (r.model_actors, r.gpus_per_actor, r.cpus_per_model_actor, r.cpus_per_decode_task) == ((2, 6), 0.5, 2, 0.25)
+    assert cfg.metrics.pushgateway == "https://push.example:9091"
+    assert cfg.schedule == "*/15 1-5 * jan-mar mon,fri"
+    # The spec is the pipeline's configuration, with only the informational schedule beside it.
+    assert isinstance(cfg, PipelineConfig) and set(JobSpec.model_fields) - set(PipelineConfig.model_fields) == {"schedule"}
 
 
 @pytest.mark.parametrize(
@@ -180,7 +177,7 @@ def test_every_problem_is_reported_at_once_and_in_the_message():
 
 def test_metrics_may_be_absent_or_null():
     assert parse_spec(spec_text(metrics=None)).metrics.pushgateway is None
-    assert parse_spec(spec_text(metrics={"pushgateway": None})).to_pipeline_config().pushgateway is None
+    assert parse_spec(spec_text(metrics={"pushgateway": None})).metrics.pushgateway is None
     assert parse_spec(spec_text()).metrics.pushgateway is None
 
 
@@ -241,15 +238,13 @@ def test_spec_is_immutable():
 
 
 def test_grace_period_and_decode_isolation_reach_the_pipeline_config_from_spec_and_flags():
-    from jobs.cli import config_from_flags, parser
+    from jobs.cli import job_config, parser
 
-    spec = parse_spec(spec_text(grace_period_s=7, decode_isolation={"timeout_s": 9, "max_attempts": 2}))
-    cfg = spec.to_pipeline_config()
+    cfg = parse_spec(spec_text(grace_period_s=7, decode_isolation={"timeout_s": 9, "max_attempts": 2}))
     assert cfg.grace_period_s == 7 and (cfg.decode_isolation.timeout_s, cfg.decode_isolation.max_attempts) == (9, 2)
-    assert JobSpec.from_pipeline_config(cfg).to_pipeline_config() == cfg
     assert "grace_period_s: Input should be greater than 0" in " ".join(problems_of(spec_text(grace_period_s=0)))
     args = parser().parse_args(["run", "--input", "m.parquet", "--output", "o", "--model", str(REPO),
                                 "--grace-period", "11", "--decode-attempts", "5", "--no-decode-isolation"])
-    flags = config_from_flags(args)
+    flags = job_config(args)
     assert flags.grace_period_s == 11 and flags.decode_isolation.max_attempts == 5 and not flags.decode_isolation.enabled
-    assert config_from_flags(parser().parse_args(["run", "--input", "m", "--output", "o", "--model", str(REPO)])).decode_isolation.enabled
+    assert job_config(parser().parse_args(["run", "--input", "m", "--output", "o", "--model", str(REPO)])).decode_isolation.enabled

@@ -10,27 +10,16 @@ import threading
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 
 from pipeline.config import GenerationConfig, ModelConfig, PipelineConfig
 from pipeline.run import run_pipeline
 from pipeline.sink import read_results
-from tests.support.faults import MODEL_WORKER, result_files, stage_workers, wait_for
-from scenes.media import write_image
+from tests.support.faults import MODEL_WORKER, media_manifest, result_files, stage_workers, wait_for
 
 
 def image_manifest(root: Path, count: int) -> str:
-    media = root / "media"
-    media.mkdir(parents=True, exist_ok=True)
-    rows = []
-    for i in range(count):
-        path = media / f"img{i}.png"
-        write_image(path, seed=1000 + i, size=(112, 112), count=2)
-        rows.append({"id": f"img-{i:03d}", "uri": str(path)})
-    path = root / "manifest.parquet"
-    pq.write_table(pa.Table.from_pylist(rows), path)
-    return str(path)
+    return media_manifest(root, count, video_every=0)
 
 
 def assert_exactly_once(output: Path, count: int) -> pa.Table:

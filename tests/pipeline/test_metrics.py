@@ -151,7 +151,7 @@ def test_live_metrics_scraped_and_summary_pushed(tmp_path, tiny_model_dir, pushg
 
 def test_failed_run_pushes_failure_and_keeps_last_success(tmp_path, tiny_model_dir, pushgateway, ray_local):
     cfg = PipelineConfig(name="push-fail", input=manifest(tmp_path, 1), output=str(tmp_path / "out"),
-                         model=ModelConfig(path=str(tiny_model_dir)), pushgateway=pushgateway)
+                         model=ModelConfig(path=str(tiny_model_dir)), metrics={"pushgateway": pushgateway})
     run_pipeline(cfg)
     success = pushed(pushgateway, "push-fail")["iwp_job_last_success_unixtime"]
     changed = cfg.model_copy(update={"pruning": cfg.pruning.model_copy(update={"keep_ratio": 0.9})})
@@ -164,7 +164,8 @@ def test_failed_run_pushes_failure_and_keeps_last_success(tmp_path, tiny_model_d
 
 def test_unreachable_pushgateway_never_fails_the_job(tmp_path, tiny_model_dir, ray_local, caplog, unused_port):
     cfg = PipelineConfig(name="push-down", input=manifest(tmp_path, 1), output=str(tmp_path / "out"),
-                         model=ModelConfig(path=str(tiny_model_dir)), pushgateway=f"http://127.0.0.1:{unused_port()}")
+                         model=ModelConfig(path=str(tiny_model_dir)),
+                         metrics={"pushgateway": f"http://127.0.0.1:{unused_port()}"})
     started = time.monotonic()
     report = run_pipeline(cfg)
     assert report.this_run.ok == 1
