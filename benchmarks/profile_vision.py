@@ -133,7 +133,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--compile", action="store_true", help="also time the blocks under torch.compile (last)")
     ap.add_argument("--top", type=int, default=12, help="operators listed")
-    ap.add_argument("--out", type=Path, default=None, help="default: benchmarks/results/<machine>/profile_vision.json")
+    ap.add_argument("--out", type=Path, default=None,
+                    help="default: benchmarks/results/<machine>/profile_vision_<conv|linear|compiled>.json")
     args = ap.parse_args(argv)
     device = torch.device(args.device)
     config = config_for(args.config, device)
@@ -182,7 +183,8 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"top operators ({result['meta']['time_basis']}):")
     for name, spent in top:
         print(f"  {name:40s} {spent * 1e3:9.2f} ms  [{family(name)}]")
-    write_json(args.out or default_out("profile_vision", device), result, indent=1)
+    name = "profile_vision_compiled" if args.compile else f"profile_vision_{args.patch_embed}"
+    write_json(args.out or default_out(name, device), result, indent=1)
     return result
 
 
