@@ -87,7 +87,6 @@ def profile_once(model, inputs, device) -> dict:
     what lies outside the stages: on the host the wall time not in a stage range (the final wait
     for the device included), on the device the busy time not in a stage span.
     """
-    import torch
     from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
 
