@@ -8,14 +8,15 @@ import os
 import sys
 from pathlib import Path
 
-from pipeline.config import (BatchingConfig, DecodeIsolationConfig, GenerationConfig, ModelConfig, PipelineConfig,
-                             PruningConfig, SamplingConfig)
+from pipeline.config import (BatchingConfig, DecodeIsolationConfig, FaultToleranceConfig, GenerationConfig, ModelConfig,
+                             PipelineConfig, PruningConfig, SamplingConfig)
 
 # Flags that describe the job; in the spec form the spec holds them instead.
 CONFIG_FLAGS = ("input", "output", "name", "task", "tag_vocabulary", "model", "device", "dtype", "num_frames",
                 "fps", "max_side", "max_new_tokens", "prune", "keep_ratio", "prune_layer", "fidelity_target",
                 "max_batch_size", "max_batch_tokens", "model_actors", "gpus_per_actor", "pushgateway", "stall_timeout",
-                "grace_period", "decode_timeout", "decode_attempts", "no_decode_isolation")
+                "grace_period", "decode_timeout", "decode_attempts", "no_decode_isolation", "model_attempts",
+                "model_batch_timeout", "max_model_crashes")
 
 
 def _given(args: argparse.Namespace, name: str, default):
@@ -54,6 +55,11 @@ def config_from_flags(args: argparse.Namespace) -> PipelineConfig:
             enabled=not args.no_decode_isolation,
             timeout_s=_given(args, "decode_timeout", DecodeIsolationConfig().timeout_s),
             max_attempts=_given(args, "decode_attempts", DecodeIsolationConfig().max_attempts)),
+        fault_tolerance=FaultToleranceConfig(
+            model_attempts=_given(args, "model_attempts", FaultToleranceConfig().model_attempts),
+            model_batch_timeout_s=_given(args, "model_batch_timeout", FaultToleranceConfig().model_batch_timeout_s),
+            max_consecutive_model_crashes=_given(args, "max_model_crashes",
+                                                 FaultToleranceConfig().max_consecutive_model_crashes)),
     )
 
 
@@ -67,6 +73,9 @@ def config_from_spec(args: argparse.Namespace) -> PipelineConfig:
     if not os.path.isdir(cfg.model.path):
         raise FileNotFoundError(f"model.path {cfg.model.path!r} in {args.spec} is not a local model directory")
     return cfg
+
+
+EXIT_MODEL_BROKEN = 5  # the model actor died on every recent batch (pipeline.quarantine)
 
 
 class UsageError(ValueError):
@@ -104,6 +113,12 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--decode-attempts", type=int, help="tries for an item whose decoder process crashes (default 3)")
     p.add_argument("--no-decode-isolation", action="store_true", default=None,
                    help="decode inside the Ray worker instead of a child process per worker")
+    p.add_argument("--model-attempts", type=int,
+                   help="times the model actor may die on one item alone before it fails as ModelCrashed (default 3)")
+    p.add_argument("--model-batch-timeout", type=float,
+                   help="restart a model actor whose batch runs longer than this many seconds (default 600)")
+    p.add_argument("--max-model-crashes", type=int,
+                   help="stop the job (exit 5) after this many model actor deaths in a row with no success (default 10)")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -174,6 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     from pipeline.manifest import ManifestError
     from pipeline.preemption import EXIT_PREEMPTED, Preempted
     from pipeline.progress import StallError
+    from pipeline.quarantine import ModelBroken
     from pipeline.run import run_pipeline
     from pipeline.sink import FingerprintMismatchError
     from pipeline.storage import OutputStorageError
@@ -203,6 +219,9 @@ def main(argv: list[str] | None = None) -> int:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
         print(f"iwp-annotate: error: invalid option: {problems}", file=sys.stderr)
         return 2
+    except ModelBroken as exc:
+        print(f"iwp-annotate: model broken: {exc}", file=sys.stderr)
+        return EXIT_MODEL_BROKEN
     except StallError as exc:
         print(f"iwp-annotate: stalled: {exc}", file=sys.stderr)
         return 3

@@ -14,6 +14,7 @@ resources: {model_actors: [1, 4], gpus_per_actor: 1, cpus_per_decode_task: 1}
 metrics: {pushgateway: "http://iwp-pushgateway:9091"}   # optional
 grace_period_s: 25               # on SIGTERM, exit within this long (code 143); rerun finishes the rest
 decode_isolation: {enabled: true, timeout_s: 120, max_attempts: 3}
+fault_tolerance: {model_attempts: 3, model_batch_timeout_s: 600, max_consecutive_model_crashes: 10}
 schedule: "0 2 * * *"            # optional, informational (Kubernetes schedules the runs)
 ```
 
@@ -32,8 +33,8 @@ from urllib.parse import urlsplit
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from pipeline.config import (BatchingConfig, DecodeIsolationConfig, GenerationConfig, ModelConfig, PipelineConfig,
-                             PruningConfig, SamplingConfig)
+from pipeline.config import (BatchingConfig, DecodeIsolationConfig, FaultToleranceConfig, GenerationConfig, ModelConfig,
+                             PipelineConfig, PruningConfig, SamplingConfig)
 from pipeline.tags import vocabulary_problem
 
 MAX_SPEC_BYTES = 1 << 20
@@ -187,6 +188,7 @@ class JobSpec(_Strict):
     metrics: MetricsSpec = MetricsSpec()
     grace_period_s: float = _same_as_pipeline("grace_period_s")
     decode_isolation: DecodeIsolationConfig = DecodeIsolationConfig()
+    fault_tolerance: FaultToleranceConfig = FaultToleranceConfig()
     schedule: str | None = Field(None, description="cron schedule (5 fields); informational, Kubernetes runs it")
 
     @field_validator("metrics", mode="before")
@@ -221,6 +223,7 @@ class JobSpec(_Strict):
             "pushgateway": self.metrics.pushgateway,
             "grace_period_s": self.grace_period_s,
             "decode_isolation": self.decode_isolation,
+            "fault_tolerance": self.fault_tolerance,
         }
 
     def to_pipeline_config(self) -> PipelineConfig:
@@ -241,7 +244,7 @@ class JobSpec(_Strict):
                                     cpus_per_model_actor=cfg.cpus_per_model_actor,
                                     cpus_per_decode_task=cfg.cpus_per_decode_task),
             metrics=MetricsSpec(pushgateway=cfg.pushgateway), grace_period_s=cfg.grace_period_s,
-            decode_isolation=cfg.decode_isolation, schedule=schedule,
+            decode_isolation=cfg.decode_isolation, fault_tolerance=cfg.fault_tolerance, schedule=schedule,
         )
 
 

@@ -24,6 +24,7 @@ from pipeline.metrics import labels
 from pipeline.preprocess import preprocess_row
 from pipeline.progress import ProgressBoard, ProgressDisplay, StallError, diagnose, watched
 from pipeline.pushgateway import JobSummary, push_summary
+from pipeline.quarantine import CrashLedger, ModelBroken
 from pipeline.runlog import RunRecord, write_record
 from pipeline.sink import (RESULTS_DIR, Summary, fill_missing, plan_resume, read_results, reconcile, subdir, summarise,
                            sweep_temporary, write_batch)
@@ -67,7 +68,7 @@ def blocks_of(manifest: pa.Table, target_blocks: int = 200, max_rows: int = 64, 
 
 
 def build_dataset(cfg: PipelineConfig, todo: pa.Table, run_id: str, fingerprint: str, partition: str,
-                  board: Any) -> ray.data.Dataset:
+                  board: Any, ledger: Any = None) -> ray.data.Dataset:
     tags = labels(cfg.name, cfg.task, cfg.pruning.method)
     # A remote-args function keeps Ray Data from fusing the CPU stages into the model
     # actor, so decoding scales on its own task pool instead of stalling the model.
@@ -79,10 +80,11 @@ def build_dataset(cfg: PipelineConfig, todo: pa.Table, run_id: str, fingerprint:
     ds = ds.map_batches(run_stage, fn_kwargs={"fn": preprocess_row, "stage": "preprocess", "board": board, "tags": tags,
                                               "model_path": cfg.model.path, "gen": cfg.generation,
                                               "trust_remote_code": cfg.model.trust_remote_code,
-                                              "task_prompt": cfg.task_prompt}, **cpu_stage)
+                                              "task_prompt": cfg.task_prompt, "isolation": cfg.fault_tolerance},
+                       **cpu_stage)
     ds = ds.map_batches(
         ModelEngine,
-        fn_constructor_kwargs={"cfg": cfg, "board": board},
+        fn_constructor_kwargs={"cfg": cfg, "board": board, "ledger": ledger},
         batch_size=cfg.batching.rows_per_call,
         batch_format="numpy",
         concurrency=cfg.model_actors,
@@ -107,8 +109,12 @@ def _execute(cfg: PipelineConfig, todo: pa.Table, run_id: str, fingerprint: str,
     ctx.enable_progress_bars = False  # ours shows items, with the ETA
     ctx.raise_original_map_exception = True  # keeps e.g. OutputStorageError recognisable at the driver
     board = ProgressBoard.remote()
+    faults = cfg.fault_tolerance
+    ledger = ray.remote(num_cpus=0, max_restarts=-1)(CrashLedger).remote(
+        cfg.model.path, faults.model_attempts, faults.max_consecutive_model_crashes)
     display = ProgressDisplay(len(todo), stream=progress_stream)
-    batches = build_dataset(cfg, todo, run_id, fingerprint, partition, board).iter_batches(batch_size=None, batch_format="pyarrow")
+    batches = build_dataset(cfg, todo, run_id, fingerprint, partition, board, ledger).iter_batches(
+        batch_size=None, batch_format="pyarrow")
     try:
         for batch in watched(batches, cfg.stall_timeout_s, lambda s: diagnose(board, len(todo), s)):
             display.update(len(batch))
@@ -120,6 +126,7 @@ def _execute(cfg: PipelineConfig, todo: pa.Table, run_id: str, fingerprint: str,
         display.close()
         if ray.is_initialized():
             ray.kill(board)
+            ray.kill(ledger)
 
 
 def _outcome(exc: BaseException) -> str:
@@ -191,6 +198,14 @@ def _run(cfg: PipelineConfig, retry_failed: bool, metrics_port: int | None, prog
             if len(todo):
                 _execute(cfg, todo, run_id, fingerprint, partition, metrics_port, progress_stream)
             fill_missing(cfg.output, manifest, reconcile(cfg.output)["id"], run_id, fingerprint, partition)
+        except ModelBroken as exc:
+            held = summarise(reconcile(cfg.output, ("error_type",)))
+            broken = ModelBroken(f"{exc.args[0] if exc.args else exc}; the output holds {held.total} of "
+                                 f"{len(manifest)} ids ({held.ok} ok, {held.failed} failed), every file whole: fix the "
+                                 "model and rerun the same command to do the rest")
+            record.finish("failed", error=str(broken)[:2000])
+            _try_write_record(cfg.output, record)
+            raise broken from None
         except BaseException as exc:
             record.finish(_outcome(exc), error=f"{type(exc).__name__}: {exc}"[:2000])
             _try_write_record(cfg.output, record)
