@@ -200,7 +200,8 @@ def _run(cfg: PipelineConfig, retry_failed: bool, metrics_port: int | None, prog
             fill_missing(cfg.output, manifest, reconcile(cfg.output)["id"], run_id, fingerprint, partition)
         except ModelBroken as exc:
             held = summarise(reconcile(cfg.output, ("error_type",)))
-            broken = ModelBroken(f"{exc.args[0] if exc.args else exc}; the output holds {held.total} of "
+            why = str(exc.args[0] if exc.args else exc).splitlines()[0]  # Ray Data appends its retry advice
+            broken = ModelBroken(f"{why}; the output holds {held.total} of "
                                  f"{len(manifest)} ids ({held.ok} ok, {held.failed} failed), every file whole: fix the "
                                  "model and rerun the same command to do the rest")
             record.finish("failed", error=str(broken)[:2000])
