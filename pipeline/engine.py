@@ -105,8 +105,9 @@ class ModelEngine:
         if ledger is not None:  # first, so a death during loading is not blamed on a batch
             import ray
 
-            self.actor = ray.get_runtime_context().get_actor_id()
-            crash_log = CrashLog(self.actor)
+            context = ray.get_runtime_context()
+            self.actor = context.get_actor_id()
+            crash_log = CrashLog(self.actor, context.get_job_id())
             ray.get(ledger.restarted.remote(self.actor, crash_log.previous()))
             crash_log.arm()
             self.deadline = Deadline(cfg.fault_tolerance.model_batch_timeout_s, self._expire)

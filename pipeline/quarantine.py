@@ -125,14 +125,19 @@ class CrashLedger:
         batches.append(ids)
 
 
+def crash_dir(job: str) -> Path:
+    """Where a Ray job's model actors keep their crash logs on each node; the driver removes its own."""
+    return Path(tempfile.gettempdir()) / f"iwp-crash-logs-{job}"
+
+
 class CrashLog:
     """faulthandler's report of a fatal signal, in a node-local file that the restarted actor reads.
 
     A SIGKILL (the out-of-memory killer) leaves no report; nor does a restart on another node.
     """
 
-    def __init__(self, actor: str) -> None:
-        self.path = Path(tempfile.gettempdir()) / f"iwp-model-actor-{actor}.crash"
+    def __init__(self, actor: str, job: str) -> None:
+        self.path = crash_dir(job) / f"{actor}.log"
         self.file = None
 
     def previous(self) -> str:
@@ -144,6 +149,7 @@ class CrashLog:
         return next((name for phrase, name in _FATAL.items() if f"Fatal Python error: {phrase}" in text), NO_REPORT)
 
     def arm(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         self.file = open(self.path, "w")  # noqa: SIM115 -- must stay open for faulthandler until the process ends
         faulthandler.enable(self.file)
 

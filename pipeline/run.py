@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import shutil
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -24,7 +25,7 @@ from pipeline.metrics import labels
 from pipeline.preprocess import preprocess_row
 from pipeline.progress import ProgressBoard, ProgressDisplay, StallError, diagnose, watched
 from pipeline.pushgateway import JobSummary, push_summary
-from pipeline.quarantine import CrashLedger, ModelBroken
+from pipeline.quarantine import CrashLedger, ModelBroken, crash_dir
 from pipeline.runlog import RunRecord, write_record
 from pipeline.sink import (RESULTS_DIR, Summary, fill_missing, plan_resume, read_results, reconcile, subdir, summarise,
                            sweep_temporary, write_batch)
@@ -127,6 +128,7 @@ def _execute(cfg: PipelineConfig, todo: pa.Table, run_id: str, fingerprint: str,
         if ray.is_initialized():
             ray.kill(board)
             ray.kill(ledger)
+            shutil.rmtree(crash_dir(ray.get_runtime_context().get_job_id()), ignore_errors=True)
 
 
 def _outcome(exc: BaseException) -> str:

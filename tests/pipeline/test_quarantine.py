@@ -101,12 +101,12 @@ def test_the_deadline_fires_only_for_an_overrunning_batch():
 @pytest.mark.parametrize("sig, expected", [(signal.SIGSEGV, "SIGSEGV"), (signal.SIGABRT, "SIGABRT"), (signal.SIGKILL, NO_REPORT)])
 def test_the_crash_log_names_the_fatal_signal(tmp_path, monkeypatch, sig, expected):
     env = {**os.environ, "TMPDIR": str(tmp_path), "PYTHONPATH": os.pathsep.join(sys.path)}
-    code = f"from pipeline.quarantine import CrashLog; import os; CrashLog('a1').arm(); os.kill(os.getpid(), {int(sig)})"
+    code = f"from pipeline.quarantine import CrashLog; import os; CrashLog('a1', 'j').arm(); os.kill(os.getpid(), {int(sig)})"
     run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, timeout=120)
     assert run.returncode == -sig
     monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
-    assert CrashLog("a1").previous() == expected
-    assert CrashLog("never-ran").previous() == NO_REPORT
+    assert CrashLog("a1", "j").previous() == expected
+    assert CrashLog("never-ran", "j").previous() == NO_REPORT
 
 
 def test_out_of_memory_splits_the_batch_frees_its_memory_and_fails_only_the_item_that_cannot_fit(tiny_model_dir, monkeypatch):
