@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import ray
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList
 
@@ -103,8 +104,6 @@ class ModelEngine:
         self.board = board
         self.ledger = ledger
         if ledger is not None:  # first, so a death during loading is not blamed on a batch
-            import ray
-
             context = ray.get_runtime_context()
             self.actor = context.get_actor_id()
             crash_log = CrashLog(self.actor, context.get_job_id())
@@ -152,8 +151,6 @@ class ModelEngine:
 
     def _planned(self, ready: list[dict], packs: list[list[int]]) -> list[list[int]]:
         """The ledger's split of these model batches after crashes; marks the items it quarantines."""
-        import ray
-
         at = {r["id"]: i for i, r in enumerate(ready)}
         batches, failed, broken = ray.get(self.ledger.plan.remote([[ready[i]["id"] for i in g] for g in packs]))
         if broken is not None:
@@ -164,8 +161,6 @@ class ModelEngine:
 
     def _expire(self) -> None:
         """The batch deadline passed: record it, then end this process so Ray restarts the actor."""
-        import ray
-
         ray.get(self.ledger.timed_out.remote(self.actor, self.cfg.fault_tolerance.model_batch_timeout_s))
         os.kill(os.getpid(), signal.SIGKILL)
 
@@ -173,8 +168,6 @@ class ModelEngine:
         """`_generate`, announced to the ledger and under the batch deadline when there is one."""
         if self.ledger is None:
             return self._generate(inputs)
-        import ray
-
         ray.get(self.ledger.begin.remote(self.actor, [r["id"] for r in rows]))
         self.deadline.start()
         try:

@@ -137,6 +137,14 @@ def _outcome(exc: BaseException) -> str:
     return "stalled" if isinstance(exc, StallError) else "failed"
 
 
+def _broken(output: str, items: int, exc: ModelBroken) -> ModelBroken:
+    """The breaker's message with what the output holds, for the operator deciding what to do next."""
+    held = summarise(reconcile(output, ("error_type",)))
+    why = str(exc.args[0] if exc.args else exc).splitlines()[0]  # Ray Data appends its retry advice
+    return ModelBroken(f"{why}; the output holds {held.total} of {items} ids ({held.ok} ok, {held.failed} failed), "
+                       "every file whole: fix the model and rerun the same command to do the rest")
+
+
 def _try_write_record(output: str, record: RunRecord) -> None:
     """Record how the run ended if the storage still allows it; never hide the run's own error."""
     try:
@@ -200,18 +208,12 @@ def _run(cfg: PipelineConfig, retry_failed: bool, metrics_port: int | None, prog
             if len(todo):
                 _execute(cfg, todo, run_id, fingerprint, partition, metrics_port, progress_stream)
             fill_missing(cfg.output, manifest, reconcile(cfg.output)["id"], run_id, fingerprint, partition)
-        except ModelBroken as exc:
-            held = summarise(reconcile(cfg.output, ("error_type",)))
-            why = str(exc.args[0] if exc.args else exc).splitlines()[0]  # Ray Data appends its retry advice
-            broken = ModelBroken(f"{why}; the output holds {held.total} of "
-                                 f"{len(manifest)} ids ({held.ok} ok, {held.failed} failed), every file whole: fix the "
-                                 "model and rerun the same command to do the rest")
-            record.finish("failed", error=str(broken)[:2000])
-            _try_write_record(cfg.output, record)
-            raise broken from None
         except BaseException as exc:
-            record.finish(_outcome(exc), error=f"{type(exc).__name__}: {exc}"[:2000])
+            error = _broken(cfg.output, len(manifest), exc) if isinstance(exc, ModelBroken) else exc
+            record.finish(_outcome(error), error=f"{type(error).__name__}: {error}"[:2000])
             _try_write_record(cfg.output, record)
+            if error is not exc:
+                raise error from None
             raise
         seconds = time.perf_counter() - started
         table = read_results(cfg.output)
