@@ -171,7 +171,9 @@ class ModelEngine:
         ray.get(self.ledger.begin.remote(self.actor, [r["id"] for r in rows]))
         self.deadline.start()
         try:
-            failpoints.crash_if_named("model", [r["uri"] for r in rows])
+            uris = [r["uri"] for r in rows]
+            failpoints.crash_if_named("model", uris)
+            failpoints.hang_if_named(uris)
             return self._generate(inputs)
         finally:  # an exception is this batch's own failure row; the actor lived
             self.deadline.stop()

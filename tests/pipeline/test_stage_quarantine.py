@@ -1,6 +1,7 @@
 """Quarantine in the preprocess and model stages through the real pipeline on a real Ray
 cluster: items that crash the processor or the model actor every time end as failed rows
-after bounded attempts while the job completes; a model that crashes on every batch stops the
+after bounded attempts while the job completes, and one that hangs the model fails at the
+batch deadline; a model that crashes on every batch stops the
 job with exit 5 and the rerun finishes it; prompts are plain text, and one over the context
 fails alone."""
 
@@ -13,7 +14,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.failpoints import MODEL_CRASH_ENV, PREPROCESS_CRASH_ENV
+from pipeline.failpoints import MODEL_CRASH_ENV, MODEL_HANG_ENV, PREPROCESS_CRASH_ENV
 from pipeline.sink import read_dead_letter, read_results
 from tests.support.faults import cli_command, cli_env, media_manifest, result_files, tally
 
@@ -50,6 +51,20 @@ def test_items_crashing_the_processor_or_the_model_fail_alone_on_a_cluster(ray_c
     assert set(dead["error_type"].to_pylist()) == {"ModelCrashed", "PreprocessCrashed"}
     final = tally(output, manifest)
     assert (final.lost, final.duplicated, final.rows, final.failed) == (0, 0, count, 3)
+
+
+def test_an_item_hanging_the_model_fails_at_the_batch_deadline_and_the_job_goes_on(tmp_path, tiny_model_dir):
+    count = 6
+    manifest, output = media_manifest(tmp_path, count), tmp_path / "out"
+    rename(manifest, {1: "hang-model"})
+    run = subprocess.run(cli_command(manifest, output, tiny_model_dir, "--model-batch-timeout", "30", "--max-batch-size", "2"),
+                         env=cli_env(**{MODEL_HANG_ENV: "hang-model"}), capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0, run.stderr[-3000:]
+    hung = {r["id"]: r for r in read_results(str(output)).to_pylist()}["item-0001"]
+    assert (hung["status"], hung["error_type"], hung["stage"], hung["error"]) == (
+        "failed", "ModelTimeout", "model", "the model batch was still running after 30 s; its actor was killed, with this item alone")
+    final = tally(output, manifest)
+    assert (final.lost, final.duplicated, final.rows, final.failed) == (0, 0, count, 1)
 
 
 def test_a_model_crashing_on_every_batch_stops_with_exit_5_and_the_rerun_finishes(tmp_path, tiny_model_dir):
