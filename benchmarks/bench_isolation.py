@@ -1,4 +1,4 @@
-"""What decoding each item in a child process (`pipeline.sandbox`) costs per item.
+"""What decoding and preprocessing each item in a child process (`pipeline.sandbox`) costs per item.
 
 On generated media (H.264 mp4s and PNGs from `scenes.media`), each item is decoded with
 the pipeline's own `decode_row` in this process, then through the child process
@@ -6,6 +6,9 @@ the pipeline's own `decode_row` in this process, then through the child process
 Reported: mean ms per item for each and the difference (the per-item overhead: one round
 trip over a socket pair, pickling the arguments and the decoded frames), and the one-off
 cost of starting a child (paid once per Ray worker, and again after each crash or timeout).
+Then the same for preprocessing the decoded items with the shipped reference model's
+processor (`preprocess_row`, `fault_tolerance.preprocess_isolation` on and off): the round
+trip carries the decoded frames in and the packed model inputs out.
 
 Usage: ``python -m benchmarks.bench_isolation [--videos N] [--images M] [--rounds R] [--out PATH]``
 (under a minute on 2 cores). Prints a table and writes JSON to benchmarks/results/cpu/bench_isolation.json.
@@ -21,10 +24,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.harness.report import RESULTS, table, write_json
+from benchmarks.harness.report import RESULTS, write_json
 from pipeline import sandbox
-from pipeline.config import DecodeIsolationConfig, SamplingConfig
+from jobs.default_model import default_model_path
+from pipeline.config import DecodeIsolationConfig, FaultToleranceConfig, GenerationConfig, SamplingConfig
 from pipeline.decode import decode_row
+from pipeline.preprocess import preprocess_row
 from scenes.media import write_image, write_video
 
 
@@ -41,14 +46,29 @@ def rows(root: Path, videos: int, images: int) -> list[dict]:
     return [{"id": p.name, "uri": str(p), "media_type": None, "prompt": None, "start_s": None, "end_s": None} for p in out]
 
 
-def decode_times(items: list[dict], cfg: SamplingConfig, isolation: DecodeIsolationConfig | None) -> list[float]:
+def timed(items: list[dict], cfg: SamplingConfig, isolation: DecodeIsolationConfig | None) -> list[float]:
+    return timed_stage(items, lambda row: decode_row(row, cfg, isolation))
+
+
+def timed_stage(items: list[dict], stage) -> list[float]:
     times = []
     for item in items:
         started = time.perf_counter()
-        row = decode_row(dict(item), cfg, isolation)
+        row = stage(dict(item))
         times.append(time.perf_counter() - started)
         assert row["status"] == "ok", row["error"]
     return times
+
+
+def summary(inside: dict[str, list[float]], isolated: dict[str, list[float]], title: str) -> dict[str, dict]:
+    out = {}
+    print(f"{title:<12} {'items':>5} {'in-process ms':>14} {'isolated ms':>12} {'overhead ms':>12}")
+    for kind in ("video", "image"):
+        a, b = statistics.mean(inside[kind]) * 1000, statistics.mean(isolated[kind]) * 1000
+        out[kind] = {"items": len(inside[kind]), "in_process_ms": round(a, 2), "isolated_ms": round(b, 2),
+                     "overhead_ms": round(b - a, 2), "overhead_pct": round(100 * (b - a) / a, 1)}
+        print(f"{kind:<12} {len(inside[kind]):>5} {a:>14.2f} {b:>12.2f} {b - a:>12.2f}")
+    return out
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -65,25 +85,31 @@ def main(argv: list[str] | None = None) -> dict:
         for _ in range(3):
             sandbox._SANDBOX.close()
             started = time.perf_counter()
-            decode_times(items[:1], cfg, isolation)  # a cold child: start, imports, then one item
+            timed(items[:1], cfg, isolation)  # a cold child: start, imports, then one item
             starts.append(time.perf_counter() - started)
-        decode_times(items, cfg, None)  # warm this process's decoders too
+        timed(items, cfg, None)  # warm this process's decoders too
         inside, isolated = {"video": [], "image": []}, {"video": [], "image": []}
         for _ in range(args.rounds):
             for kind, part in (("video", items[:args.videos]), ("image", items[args.videos:])):
-                inside[kind] += decode_times(part, cfg, None)
-                isolated[kind] += decode_times(part, cfg, isolation)
+                inside[kind] += timed(part, cfg, None)
+                isolated[kind] += timed(part, cfg, isolation)
+        decoded = [decode_row(dict(item), cfg) for item in items]
+        model, gen, faults = str(default_model_path()), GenerationConfig(), FaultToleranceConfig()
+        ways = {"inside": None, "isolated": faults}
+        runs = {way: (lambda row, f=f: preprocess_row(row, model, gen, isolation=f)) for way, f in ways.items()}
+        for run in runs.values():
+            timed_stage(decoded, run)  # load the processor here and in the child
+        pre = {way: {"video": [], "image": []} for way in ways}
+        for _ in range(args.rounds):
+            for kind, part in (("video", decoded[:args.videos]), ("image", decoded[args.videos:])):
+                for way, run in runs.items():
+                    pre[way][kind] += timed_stage(part, run)
         sandbox._SANDBOX.close()
     result = {"date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "machine": platform.node(),
               "cpus": os.cpu_count(), "load_avg": os.getloadavg(), "sampling": cfg.model_dump(), "rounds": args.rounds,
-              "cold_child_first_item_ms": round(1000 * statistics.median(starts), 1), "per_item": {}}
-    for kind in ("video", "image"):
-        a, b = statistics.mean(inside[kind]) * 1000, statistics.mean(isolated[kind]) * 1000
-        result["per_item"][kind] = {"items": len(inside[kind]), "in_process_ms": round(a, 2), "isolated_ms": round(b, 2),
-                                    "overhead_ms": round(b - a, 2), "overhead_pct": round(100 * (b - a) / a, 1)}
-    print(table((("media", -8), ("items", 5), ("in-process ms", 14), ("isolated ms", 12), ("overhead ms", 12)),
-                [(kind, r["items"], f"{r['in_process_ms']:.2f}", f"{r['isolated_ms']:.2f}", f"{r['overhead_ms']:.2f}")
-                 for kind, r in result["per_item"].items()]))
+              "cold_child_first_item_ms": round(1000 * statistics.median(starts), 1),
+              "per_item": summary(inside, isolated, "decode"),
+              "preprocess_model": "reference/model", "preprocess_per_item": summary(pre["inside"], pre["isolated"], "preprocess")}
     print(f"cold child (start + imports + first item): {result['cold_child_first_item_ms']} ms, once per Ray worker")
     write_json(args.out, result)
     return result

@@ -13,6 +13,8 @@ from jobs.flags import add_job_flags, given_flags, overlay
 from jobs.spec import JobSpec, load_spec_data, spec_from_data
 from jobs.summary import print_report
 
+EXIT_MODEL_BROKEN = 5  # the model actor died on every recent batch (pipeline.quarantine)
+
 
 class UsageError(ValueError):
     """The command line itself is inconsistent."""
@@ -103,6 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     from pipeline.manifest import ManifestError
     from pipeline.preemption import EXIT_PREEMPTED, Preempted
     from pipeline.progress import StallError
+    from pipeline.quarantine import ModelBroken
     from pipeline.run import run_pipeline
     from pipeline.sink import FingerprintMismatchError
     from pipeline.storage import OutputStorageError
@@ -133,6 +136,9 @@ def main(argv: list[str] | None = None) -> int:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
         print(f"iwp-annotate: error: invalid option: {problems}", file=sys.stderr)
         return 2
+    except ModelBroken as exc:
+        print(f"iwp-annotate: model broken: {exc}", file=sys.stderr)
+        return EXIT_MODEL_BROKEN
     except StallError as exc:
         print(f"iwp-annotate: stalled: {exc}", file=sys.stderr)
         return 3

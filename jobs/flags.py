@@ -59,6 +59,12 @@ NAMES: dict[str, str] = {
     "decode_isolation.enabled": "decode-isolation",
     "decode_isolation.timeout_s": "decode-timeout",
     "decode_isolation.max_attempts": "decode-attempts",
+    "fault_tolerance.preprocess_isolation": "preprocess-isolation",
+    "fault_tolerance.preprocess_timeout_s": "preprocess-timeout",
+    "fault_tolerance.preprocess_attempts": "preprocess-attempts",
+    "fault_tolerance.model_attempts": "model-attempts",
+    "fault_tolerance.model_batch_timeout_s": "model-batch-timeout",
+    "fault_tolerance.max_consecutive_model_crashes": "max-model-crashes",
 }
 
 

@@ -16,6 +16,7 @@ metrics: {pushgateway: "http://iwp-pushgateway:9091"}   # optional
 stall_timeout_s: 900             # fail the job when no item finishes for this long
 grace_period_s: 25               # on SIGTERM, exit within this long (code 143); rerun finishes the rest
 decode_isolation: {enabled: true, timeout_s: 120, max_attempts: 3}
+fault_tolerance: {model_attempts: 3, model_batch_timeout_s: 600, max_consecutive_model_crashes: 10}
 schedule: "0 2 * * *"            # optional, informational (Kubernetes schedules the runs)
 ```
 

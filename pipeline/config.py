@@ -81,6 +81,22 @@ class DecodeIsolationConfig(_Strict):
     max_attempts: int = Field(3, ge=1, le=10, description="tries per item whose decoder process dies before DecoderCrashed")
 
 
+class FaultToleranceConfig(_Strict):
+    """How items that kill or hang the preprocess and model processes are quarantined, and when a
+    model that crashes on everything stops the job instead (exit 5)."""
+
+    preprocess_isolation: bool = Field(
+        True, description="run the processor in the decode child process, so an item that crashes it fails alone")
+    preprocess_timeout_s: float = Field(120.0, gt=0, description="an item still in the processor after this long fails as PreprocessTimeout")
+    preprocess_attempts: int = Field(3, ge=1, le=10, description="tries per item whose processor process dies before PreprocessCrashed")
+    model_attempts: int = Field(
+        3, ge=1, le=10, description="times the model actor may die on an item alone (after splitting its batch) before ModelCrashed")
+    model_batch_timeout_s: float = Field(
+        600.0, gt=0, description="a model batch still running after this long restarts the actor; alone, the item fails as ModelTimeout")
+    max_consecutive_model_crashes: int = Field(
+        10, ge=1, description="model actor deaths in a row with no batch succeeding before the job stops (exit 5) as a broken model")
+
+
 class CaptionTask(_Strict):
     kind: Literal["caption"] = Field("caption", description="caption (default) or tag")
 
@@ -162,6 +178,7 @@ class PipelineConfig(_Strict):
     stall_timeout_s: float = Field(900.0, gt=0, description="fail the job when no item finishes for this long")
     grace_period_s: float = Field(25.0, gt=0, description="on SIGTERM, exit within this many seconds (exit code 143)")
     decode_isolation: DecodeIsolationConfig = DecodeIsolationConfig()
+    fault_tolerance: FaultToleranceConfig = FaultToleranceConfig()
 
     @field_validator("metrics", mode="before")
     @classmethod

@@ -3,25 +3,33 @@
 Follows the stage contract (resources at construction, setup once, process a batch): the
 actor loads the model once, packs its rows into token-budgeted model batches, and splits a
 batch that fails (out of memory or otherwise) until the single culprit is marked failed.
+An item that kills or hangs the actor itself is found the same way across actor restarts,
+with the driver's `pipeline.quarantine.CrashLedger`.
 """
 
 from __future__ import annotations
 
+import gc
+import os
+import signal
 import time
 import uuid
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import ray
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList
 
+from pipeline import failpoints
 from pipeline.batching import pack_by_tokens
 from pipeline.collate import collate, stack_key
 from pipeline.config import PipelineConfig, PruningConfig
 from pipeline.metrics import labels, stage_metrics
 from pipeline.preprocess import load_processor
 from pipeline.progress import report
+from pipeline.quarantine import CrashLog, Deadline, ModelBroken
 from pipeline.schema import OK, mark_failed, to_result_table
 from pipeline.tags import parse_tags
 from pipeline.tensors import unpack
@@ -72,6 +80,10 @@ def load_model(cfg: PipelineConfig):
     return model.to(device).eval()
 
 
+class OutOfMemory(RuntimeError):
+    """The model ran out of device memory on this item alone."""
+
+
 class _FirstStepClock(LogitsProcessor):
     """Notes when generation's first step runs, which splits prefill time from decode time."""
 
@@ -87,9 +99,17 @@ class _FirstStepClock(LogitsProcessor):
 class ModelEngine:
     """Callable class for `map_batches`: one loaded model per actor, reused for every batch."""
 
-    def __init__(self, cfg: PipelineConfig, board: Any = None):
+    def __init__(self, cfg: PipelineConfig, board: Any = None, ledger: Any = None):
         self.cfg = cfg
         self.board = board
+        self.ledger = ledger
+        if ledger is not None:  # first, so a death during loading is not blamed on a batch
+            context = ray.get_runtime_context()
+            self.actor = context.get_actor_id()
+            crash_log = CrashLog(self.actor, context.get_job_id())
+            ray.get(ledger.restarted.remote(self.actor, crash_log.previous()))
+            crash_log.arm()
+            self.deadline = Deadline(cfg.fault_tolerance.model_batch_timeout_s, self._expire)
         self.tags = labels(cfg.name, cfg.task.kind, cfg.pruning.method)
         self.metrics = stage_metrics()
         self.processor = load_processor(cfg.model.path, cfg.model.trust_remote_code)
@@ -120,6 +140,8 @@ class ModelEngine:
             self.cfg.batching.max_batch_tokens,
             groups=[stack_key(x) for x in inputs],
         )
+        if self.ledger is not None:
+            packs = self._planned(ready, packs)
         for group in packs:
             self._run([ready[i] for i in group], [inputs[i] for i in group])
         for r in rows:
@@ -127,16 +149,59 @@ class ModelEngine:
         report(self.board, "model", len(rows), key)
         return to_result_table(rows)
 
+    def _planned(self, ready: list[dict], packs: list[list[int]]) -> list[list[int]]:
+        """The ledger's split of these model batches after crashes; marks the items it quarantines."""
+        at = {r["id"]: i for i, r in enumerate(ready)}
+        batches, failed, broken = ray.get(self.ledger.plan.remote([[ready[i]["id"] for i in g] for g in packs]))
+        if broken is not None:
+            raise ModelBroken(broken)
+        for item, exc in failed.items():
+            mark_failed(ready[at[item]], "model", exc)
+        return [[at[i] for i in batch] for batch in batches]
+
+    def _expire(self) -> None:
+        """The batch deadline passed: record it, then end this process so Ray restarts the actor."""
+        ray.get(self.ledger.timed_out.remote(self.actor, self.cfg.fault_tolerance.model_batch_timeout_s))
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    def _guarded(self, rows: list[dict], inputs: list[dict[str, np.ndarray]]) -> list[str]:
+        """`_generate`, announced to the ledger and under the batch deadline when there is one."""
+        if self.ledger is None:
+            return self._generate(inputs)
+        ray.get(self.ledger.begin.remote(self.actor, [r["id"] for r in rows]))
+        self.deadline.start()
+        try:
+            uris = [r["uri"] for r in rows]
+            failpoints.crash_if_named("model", uris)
+            failpoints.hang_if_named(uris)
+            return self._generate(inputs)
+        finally:  # an exception is this batch's own failure row; the actor lived
+            self.deadline.stop()
+            ray.get(self.ledger.end.remote(self.actor))
+
+    def _release(self) -> None:
+        """Free what a failed batch held before its halves run: otherwise they inherit its memory."""
+        gc.collect()
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
     def _run(self, rows: list[dict], inputs: list[dict[str, np.ndarray]]) -> None:
         """Generate for one model batch; on failure split it so only the culprit fails."""
         started = time.perf_counter()
+        failure: Exception | None = None
         try:
-            texts = self._generate(inputs)
+            texts = self._guarded(rows, inputs)
         except Exception as exc:  # OOM or a model error: isolate the item that causes it
-            if isinstance(exc, torch.OutOfMemoryError) and self.device.type == "cuda":
-                torch.cuda.empty_cache()
+            failure = exc
+            # The traceback holds the failed batch's frames, and through them its tensors.
+            failure.__traceback__ = failure.__context__ = failure.__cause__ = None
+        if failure is not None:
+            self._release()
             if len(rows) == 1:
-                mark_failed(rows[0], "model", exc)
+                if isinstance(failure, torch.OutOfMemoryError):
+                    failure = OutOfMemory(f"out of device memory with this item alone: {len(inputs[0]['input_ids'])} "
+                                          f"tokens ({rows[0]['num_visual_tokens']} visual); {str(failure)[:300]}")
+                mark_failed(rows[0], "model", failure)
                 return
             half = len(rows) // 2
             self._run(rows[:half], inputs[:half])

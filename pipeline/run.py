@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import shutil
 import time
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -25,6 +26,7 @@ from pipeline.metrics import labels
 from pipeline.preprocess import preprocess_row
 from pipeline.progress import ProgressBoard, ProgressDisplay, StallError, diagnose, watched
 from pipeline.pushgateway import JobSummary, push_summary
+from pipeline.quarantine import CrashLedger, ModelBroken, crash_dir
 from pipeline.runlog import RunRecord, write_record
 from pipeline.sink import (RESULTS_DIR, Summary, fill_missing, plan_resume, read_results, reconcile, subdir, summarise,
                            sweep_temporary, write_batch)
@@ -79,7 +81,7 @@ def blocks_of(manifest: pa.Table, target_blocks: int = 200, max_rows: int = 64, 
 
 
 def build_dataset(cfg: PipelineConfig, todo: pa.Table, run_id: str, fingerprint: str, partition: str,
-                  board: Any) -> ray.data.Dataset:
+                  board: Any, ledger: Any = None) -> ray.data.Dataset:
     tags = labels(cfg.name, cfg.task.kind, cfg.pruning.method)
     min_actors, max_actors = cfg.resources.model_actors
     # A remote-args function keeps Ray Data from fusing the CPU stages into the model
@@ -92,10 +94,11 @@ def build_dataset(cfg: PipelineConfig, todo: pa.Table, run_id: str, fingerprint:
     ds = ds.map_batches(run_stage, fn_kwargs={"fn": preprocess_row, "stage": "preprocess", "board": board, "tags": tags,
                                               "model_path": cfg.model.path, "gen": cfg.generation,
                                               "trust_remote_code": cfg.model.trust_remote_code,
-                                              "task_prompt": cfg.task_prompt}, **cpu_stage)
+                                              "task_prompt": cfg.task_prompt, "isolation": cfg.fault_tolerance},
+                       **cpu_stage)
     ds = ds.map_batches(
         ModelEngine,
-        fn_constructor_kwargs={"cfg": cfg, "board": board},
+        fn_constructor_kwargs={"cfg": cfg, "board": board, "ledger": ledger},
         batch_size=cfg.batching.rows_per_call,
         batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(min_size=min_actors, max_size=max_actors),
@@ -120,10 +123,14 @@ def _execute(cfg: PipelineConfig, todo: pa.Table, run_id: str, fingerprint: str,
     ctx.enable_progress_bars = False  # ours shows items, with the ETA
     ctx.raise_original_map_exception = True  # keeps e.g. OutputStorageError recognisable at the driver
     board = ProgressBoard.remote()
+    faults = cfg.fault_tolerance
+    ledger = ray.remote(num_cpus=0, max_restarts=-1)(CrashLedger).remote(
+        cfg.model.path, faults.model_attempts, faults.max_consecutive_model_crashes)
     if observer is not None:
         observer.started(board)
     display = ProgressDisplay(len(todo), stream=progress_stream)
-    batches = build_dataset(cfg, todo, run_id, fingerprint, partition, board).iter_batches(batch_size=None, batch_format="pyarrow")
+    batches = build_dataset(cfg, todo, run_id, fingerprint, partition, board, ledger).iter_batches(
+        batch_size=None, batch_format="pyarrow")
     try:
         for batch in watched(batches, cfg.stall_timeout_s, lambda s: diagnose(board, len(todo), s)):
             display.update(len(batch))
@@ -137,12 +144,22 @@ def _execute(cfg: PipelineConfig, todo: pa.Table, run_id: str, fingerprint: str,
         display.close()
         if ray.is_initialized():
             ray.kill(board)
+            ray.kill(ledger)
+            shutil.rmtree(crash_dir(ray.get_runtime_context().get_job_id()), ignore_errors=True)
 
 
 def _outcome(exc: BaseException) -> str:
     if isinstance(exc, preemption.Preempted):
         return "preempted"
     return "stalled" if isinstance(exc, StallError) else "failed"
+
+
+def _broken(output: str, items: int, exc: ModelBroken) -> ModelBroken:
+    """The breaker's message with what the output holds, for the operator deciding what to do next."""
+    held = summarise(reconcile(output, ("error_type",)))
+    why = str(exc.args[0] if exc.args else exc).splitlines()[0]  # Ray Data appends its retry advice
+    return ModelBroken(f"{why}; the output holds {held.total} of {items} ids ({held.ok} ok, {held.failed} failed), "
+                       "every file whole: fix the model and rerun the same command to do the rest")
 
 
 def _try_write_record(output: str, record: RunRecord) -> None:
@@ -216,8 +233,11 @@ def _run(cfg: PipelineConfig, retry_failed: bool, metrics_port: int | None, prog
                              observer)
             fill_missing(cfg.output, manifest, reconcile(cfg.output)["id"], run_id, fingerprint, partition)
         except BaseException as exc:
-            record.finish(_outcome(exc), error=f"{type(exc).__name__}: {exc}"[:2000])
+            error = _broken(cfg.output, len(manifest), exc) if isinstance(exc, ModelBroken) else exc
+            record.finish(_outcome(error), error=f"{type(error).__name__}: {error}"[:2000])
             _try_write_record(cfg.output, record)
+            if error is not exc:
+                raise error from None
             raise
         seconds = time.perf_counter() - started
         table = read_results(cfg.output)

@@ -1,13 +1,15 @@
 """Run one function call at a time in a child process, so an item that crashes or hangs its
-decoder (a segfault in a C library, a read that never returns) fails alone instead of
-killing the Ray worker again on every retry until the job dies.
+decoder or processor (a segfault in a C library, a read that never returns) fails alone
+instead of killing the Ray worker again on every retry until the job dies.
 
 Each Ray worker keeps one child and reuses it, so the cost per item is one round trip over
 a socket pair (the arguments and the decoded frames, pickled between our own two
 processes; nothing read from user paths is unpickled). A child that dies is replaced and
-the item retried up to `max_attempts` times, then it fails as `DecoderCrashed`; a call
-still running after `timeout_s` kills the child and fails as `DecodeTimeout` without a
-retry (a hang is rarely transient and each retry would cost the full timeout).
+the item retried up to `max_attempts` times, then it fails as the stage's crash error
+(`DecoderCrashed`, `PreprocessCrashed`); a call still running after `timeout_s` kills the
+child and fails as the stage's timeout (`DecodeTimeout`, `PreprocessTimeout`) without a
+retry (a hang is rarely transient and each retry would cost the full timeout). The attempt
+count lives in the parent, which the crash does not touch.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import socket
 import subprocess
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -30,6 +33,29 @@ class DecoderCrashed(RuntimeError):
 
 class DecodeTimeout(TimeoutError):
     """The decoder process was still busy with this item after the timeout, and was killed."""
+
+
+class PreprocessCrashed(RuntimeError):
+    """The preprocess process died on this item on every attempt."""
+
+
+class PreprocessTimeout(TimeoutError):
+    """The preprocess process was still busy with this item after the timeout, and was killed."""
+
+
+@dataclass(frozen=True)
+class Stage:
+    """How one stage's failures in the child are named: its failpoint and error types, in words."""
+
+    name: str
+    crashed: type[Exception]
+    timed_out: type[Exception]
+    process: str
+    busy: str
+
+
+DECODE = Stage("decode", DecoderCrashed, DecodeTimeout, "decoder", "decoding")
+PREPROCESS = Stage("preprocess", PreprocessCrashed, PreprocessTimeout, "preprocess", "preprocessing")
 
 
 class ChildError(RuntimeError):
@@ -67,23 +93,26 @@ class Sandbox:
         self.proc = self.conn = None
         return code
 
-    def call(self, fn: Callable[..., Any], args: tuple, timeout_s: float) -> Any:
-        """`fn(*args)` in the child; its exceptions are re-raised here as themselves."""
+    def call(self, fn: Callable[..., Any], args: tuple, timeout_s: float, stage: Stage = DECODE) -> Any:
+        """`fn(*args)` in the child; its exceptions are re-raised here as themselves.
+
+        By convention `args[0]` is the item's URI, which the stage's failpoint matches.
+        """
         if self.proc is None or self.proc.poll() is not None:
             if self.proc is not None:
                 self._stop()
             self._start()
         assert self.conn is not None
         try:
-            self.conn.send((fn, args))
+            self.conn.send((stage.name, fn, args))
             ready = self.conn.poll(timeout_s)
             if ready:
                 ok, value = self.conn.recv()
         except (EOFError, OSError):
-            raise DecoderCrashed(f"the decoder process died ({_signal_name(self._stop())})") from None
+            raise stage.crashed(f"the {stage.process} process died ({_signal_name(self._stop())})") from None
         if not ready:
             self._stop()
-            raise DecodeTimeout(f"still decoding after {timeout_s:g} s; the decoder process was killed")
+            raise stage.timed_out(f"still {stage.busy} after {timeout_s:g} s; the {stage.process} process was killed")
         if not ok:
             raise value
         return value
@@ -96,24 +125,24 @@ class Sandbox:
 _SANDBOX = Sandbox()  # one per Ray worker process, reused across its tasks
 
 
-def run_isolated(fn: Callable[..., Any], args: tuple, timeout_s: float, max_attempts: int) -> Any:
+def run_isolated(fn: Callable[..., Any], args: tuple, timeout_s: float, max_attempts: int, stage: Stage = DECODE) -> Any:
     """`fn(*args)` in this worker's child process, retrying a crashed child up to `max_attempts` tries."""
     for _ in range(max_attempts):
         try:
-            return _SANDBOX.call(fn, args, timeout_s)
-        except DecoderCrashed as exc:
+            return _SANDBOX.call(fn, args, timeout_s, stage)
+        except stage.crashed as exc:
             last = exc
-    raise DecoderCrashed(f"{last} on each of {max_attempts} attempts")
+    raise stage.crashed(f"{last} on each of {max_attempts} attempts")
 
 
 def serve(conn: Connection) -> None:
     """The child's loop: one call at a time until the parent closes its end."""
     while True:
         try:
-            fn, args = conn.recv()
+            stage, fn, args = conn.recv()
         except EOFError:
             return
-        failpoints.before_decode(args)
+        failpoints.crash_if_named(stage, args[:1])
         try:
             reply = (True, fn(*args))
         except Exception as exc:  # sent back and raised in the parent, which marks the item failed

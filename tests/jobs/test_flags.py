@@ -57,6 +57,12 @@ SAMPLES: dict[str, tuple[Any, Any, dict[str, Any]]] = {
     "decode_isolation.enabled": (False, None, {}),
     "decode_isolation.timeout_s": (9.0, 0, {}),
     "decode_isolation.max_attempts": (2, 0, {}),
+    "fault_tolerance.preprocess_isolation": (False, None, {}),
+    "fault_tolerance.preprocess_timeout_s": (30.0, 0, {}),
+    "fault_tolerance.preprocess_attempts": (2, 11, {}),
+    "fault_tolerance.model_attempts": (2, 0, {}),
+    "fault_tolerance.model_batch_timeout_s": (60.0, -1, {}),
+    "fault_tolerance.max_consecutive_model_crashes": (4, 0, {}),
     "schedule": ("0 2 * * *", "0 24 * * *", {}),
 }
 FLAGS = {f.path: f for f in job_flags()}

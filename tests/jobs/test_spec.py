@@ -248,3 +248,18 @@ def test_grace_period_and_decode_isolation_reach_the_pipeline_config_from_spec_a
     flags = job_config(args)
     assert flags.grace_period_s == 11 and flags.decode_isolation.max_attempts == 5 and not flags.decode_isolation.enabled
     assert job_config(parser().parse_args(["run", "--input", "m", "--output", "o", "--model", str(REPO)])).decode_isolation.enabled
+
+
+def test_fault_tolerance_reaches_the_pipeline_config_from_spec_and_flags():
+    from jobs.cli import job_config, parser
+
+    spec = parse_spec(spec_text(fault_tolerance={"model_attempts": 2, "max_consecutive_model_crashes": 4,
+                                                 "preprocess_timeout_s": 30}))
+    faults = spec.fault_tolerance
+    assert (faults.model_attempts, faults.max_consecutive_model_crashes, faults.preprocess_timeout_s) == (2, 4, 30)
+    assert "fault_tolerance.model_attempts: Input should be greater than or equal to 1" in " ".join(
+        problems_of(spec_text(fault_tolerance={"model_attempts": 0})))
+    args = parser().parse_args(["run", "--input", "m", "--output", "o", "--model", str(REPO), "--model-attempts", "5",
+                                "--model-batch-timeout", "60", "--max-model-crashes", "7"])
+    flags = job_config(args).fault_tolerance
+    assert (flags.model_attempts, flags.model_batch_timeout_s, flags.max_consecutive_model_crashes) == (5, 60, 7)
