@@ -510,7 +510,7 @@ def run_e2e(cfg) -> dict:
     finally:
         poller.stop()
         run_mod.ProgressDisplay, run_mod.ProgressBoard = original, board_cls
-    table = read_results(cfg.output)
+    table = read_results(cfg.output.path)
     total = report.this_run.total
     out = {
         "items": total, "ok": int(pa.compute.sum(pa.compute.equal(table["status"], "ok")).as_py() or 0),
@@ -721,7 +721,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             actor = actor_threads(cfg.resources.cpus_per_model_actor)
             tw = time.perf_counter()
-            warm = run_e2e(cfg.model_copy(update={"input": str(warm_manifest), "output": str(work / "warm-out")}))
+            warm = run_e2e(cfg.model_copy(update={"input": str(warm_manifest), "output": cfg.output.model_copy(update={"path": str(work / "warm-out")})}))
             warm_s = time.perf_counter() - tw
             print(f"[bench] ray up ({init_s:.1f} s), warm-up run {warm_s:.1f} s", flush=True)
             mark("before_e2e_measured_run")

@@ -30,7 +30,7 @@ def job_config(args: argparse.Namespace) -> JobSpec:
         if flags:
             source += " with the command line's flags"
     else:
-        missing = [f"--{n}" for n in ("input", "output") if n not in flags]
+        missing = [f"--{n}" for n, path in (("input", "input"), ("output", "output.path")) if path not in flags]
         if missing:
             raise UsageError(f"give a job spec (iwp-annotate run SPEC.yaml) or {' and '.join(missing)}")
         data, source = {}, "the command line's flags"

@@ -30,7 +30,7 @@ def run_demo(workdir: Path, verbose: bool = False) -> None:
     report = run_pipeline(cfg, console="verbose" if verbose else "quiet")
     print_report(report)
     exact = 0
-    for row in read_results(cfg.output).sort_by("id").to_pylist():
+    for row in read_results(cfg.output.path).sort_by("id").to_pylist():
         text = row["caption"] if row["status"] == "ok" else f"{row['error_type']}: {row['error']}"
         tokens = f"{row['num_visual_tokens'] or 0:>4} -> {row['num_kept_tokens'] or 0:>3}"
         print(f"  {row['id']:<10} {row['status']:<6} visual tokens {tokens}  {text[:100]}")
