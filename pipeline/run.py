@@ -188,7 +188,8 @@ def _run(cfg: PipelineConfig, retry_failed: bool, metrics_port: int | None, prog
     fingerprint, run_id = run_fingerprint(cfg), new_run_id()
     partition = "date=" + time.strftime("%Y-%m-%d", time.gmtime())
     with output_lock(cfg.output.path, run_id):
-        record = RunRecord(run_id=run_id, fingerprint=fingerprint, input=cfg.input, partition=partition)
+        record = RunRecord(run_id=run_id, fingerprint=fingerprint, input=cfg.input, partition=partition,
+                           settings=cfg.model_dump(mode="json"))
         try:
             sweep_temporary(cfg.output.path)
             todo = plan_resume(cfg.output.path, manifest, fingerprint, retry_failed)
