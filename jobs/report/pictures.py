@@ -27,6 +27,7 @@ STRIP_FRAMES = 8
 OVERLAY_SIDE = 224  # longest side of one overlay panel
 DROPPED_SHADE = 0.22  # brightness left to the tokens pruning dropped, so the kept ones stand out
 KEPT_OUTLINE = (255, 214, 0)
+DRAWING = 1  # part of every picture's name: raise it when the drawing changes, so caches are redone
 
 
 @dataclass(frozen=True)
@@ -99,6 +100,16 @@ def panel_image(frame: np.ndarray, panel: Panel, kept: np.ndarray) -> Image.Imag
     return out
 
 
+def _label(tile: Image.Image, panel: Panel) -> None:
+    first, end = panel.frames
+    text = panel.name if panel.name in ("overview", "detail") else \
+        f"frame {first}" if end - first == 1 else f"frames {first}-{end - 1}"
+    draw = ImageDraw.Draw(tile)
+    box = draw.textbbox((3, 2), text)
+    draw.rectangle((0, 0, box[2] + 3, box[3] + 2), fill=(0, 0, 0))
+    draw.text((3, 2), text, fill=(255, 255, 255))
+
+
 def overlay(frames: np.ndarray, grid: TokenGrid, indices: list[int]) -> Image.Image:
     """Every panel of the item's grid side by side, each over the frame it covers."""
     shown = panels(grid)
@@ -109,7 +120,10 @@ def overlay(frames: np.ndarray, grid: TokenGrid, indices: list[int]) -> Image.Im
         mask = np.zeros((p.rows, p.cols), dtype=bool)
         here = cell & (panel == i)
         mask[row[here], col[here]] = True
-        tiles.append(panel_image(frames[min(p.frames[0], len(frames) - 1)], p, mask))
+        tile = panel_image(frames[min(p.frames[0], len(frames) - 1)], p, mask)
+        if len(shown) > 1:
+            _label(tile, p)
+        tiles.append(tile)
     height = max(t.height for t in tiles)
     out = Image.new("RGB", (sum(t.width for t in tiles) + 4 * (len(tiles) - 1), height), (255, 255, 255))
     x = 0
@@ -124,7 +138,7 @@ def make_pictures(row: dict, sampling: SamplingConfig, isolation: DecodeIsolatio
     report; `exists(path)` and `write(path, bytes)` reach the report's storage."""
     if row["status"] != OK:
         return Pictures(None, None)
-    key = (row["id"], row["uri"], row["media_type"], sampling.num_frames, sampling.fps)
+    key = (DRAWING, row["id"], row["uri"], row["media_type"], sampling.num_frames, sampling.fps)
     thumb = f"thumbs/{_name(*key)}.jpg"
     value = row.get("kept_token_indices")
     grid = grid_from_value(value) if value else None

@@ -56,6 +56,10 @@ def _cards(browser: Browser) -> list[dict]:
         note: (c.querySelector('.note') || {}).textContent || ''}))""")
 
 
+def _pictures_loaded(browser: Browser) -> None:
+    browser.wait_for("Array.from(document.querySelectorAll('#items img')).every(i => i.complete)")
+
+
 def _search(browser: Browser, text: str) -> None:
     browser.evaluate(f"{{ const s = document.getElementById('search'); s.value = {text!r};"
                      "s.dispatchEvent(new Event('input')); }")
@@ -72,8 +76,7 @@ def browser(tmp_path):
 
 def test_the_page_shows_every_item_the_overlays_failures_paging_and_search(site, browser, tmp_path):
     browser.open(site.as_uri())
-    for img in ("img.overlay", "img.thumb"):  # lazy images: let the tall screenshot viewport load them
-        browser.wait_for(f"Array.from(document.querySelectorAll('{img}')).every(i => i.complete)")
+    _pictures_loaded(browser)
     shot = browser.screenshot(Path(os.environ.get("IWP_REPORT_SCREENSHOT", tmp_path / "report.png")))
     assert Image.open(shot).size[0] >= 1000
 
@@ -96,6 +99,7 @@ def test_the_page_shows_every_item_the_overlays_failures_paging_and_search(site,
 
     browser.evaluate("document.getElementById('next').click()")
     browser.wait_for("document.getElementById('where').textContent.startsWith('page 2 of 2')")
+    _pictures_loaded(browser)
     cards = _cards(browser)
     assert [c["id"] for c in cards] == IDS[PAGE_SIZE:]
     assert all(c["overlay"] == [True] and c["media"].startswith("video") for c in cards)  # ok video rows
@@ -149,3 +153,28 @@ def test_a_missing_media_file_is_a_note_not_a_crash(job, tmp_path):
         shutil.move(moved, media)
     text = (Path(index).parent / "data" / "page-1.js").read_text()
     assert "no picture" in text and '"thumb":null' in text
+
+
+def test_an_object_store_output_and_site(job, site, monkeypatch):
+    moto = pytest.importorskip("moto.server")
+    import pyarrow.fs as pafs
+
+    for key, value in {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(key, value)
+    server = moto.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://{host}:{port}")
+        fs = pafs.S3FileSystem(endpoint_override=f"{host}:{port}", scheme="http", allow_bucket_creation=True)
+        fs.create_dir("bucket")
+        pafs.copy_files(job, "bucket/output", destination_filesystem=fs)
+        assert write_report("s3://bucket/output", "s3://bucket/site", page_size=PAGE_SIZE) == "s3://bucket/site/index.html"
+        stored = {i.path.removeprefix("bucket/site/") for i in fs.get_file_info(pafs.FileSelector("bucket/site", recursive=True))
+                  if i.is_file}
+        local = {str(p.relative_to(site.parent)) for p in site.parent.rglob("*") if p.is_file()}
+        assert stored == local  # the same site, pictures included
+        with fs.open_input_stream("bucket/site/data/page-2.js") as f:
+            assert f.read().decode() == (site.parent / "data" / "page-2.js").read_text()
+    finally:
+        server.stop()
