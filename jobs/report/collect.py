@@ -89,8 +89,8 @@ class OutputView:
 def _seconds(started: str, ended: str | None) -> float | None:
     if not ended:
         return None
-    parse = lambda s: datetime.strptime(s, "%Y-%m-%dT%H:%M:%SZ")  # noqa: E731 - the run log's one format
-    return max((parse(ended) - parse(started)).total_seconds(), 1.0)  # the log has whole seconds
+    stamp = "%Y-%m-%dT%H:%M:%SZ"  # the run log's format, whole seconds
+    return max((datetime.strptime(ended, stamp) - datetime.strptime(started, stamp)).total_seconds(), 1.0)
 
 
 def _failures(table: pa.Table) -> list[FailureGroup]:
