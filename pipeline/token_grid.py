@@ -20,26 +20,13 @@ processor output; `locate` maps indices to (panel, row, column) without a loop o
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
 QWEN, LLAVA_ONEVISION = "qwen", "llava_onevision"
-
-KEPT_TOKENS_TYPE = pa.struct([
-    pa.field("indices", pa.list_(pa.int32())),
-    pa.field("layout", pa.string()),
-    pa.field("grid_t", pa.int32()),
-    pa.field("grid_h", pa.int32()),
-    pa.field("grid_w", pa.int32()),
-    pa.field("merge_size", pa.int32()),
-    pa.field("temporal_patch_size", pa.int32()),
-    pa.field("detail_h", pa.int32()),
-    pa.field("detail_w", pa.int32()),
-])
-
 
 @dataclass(frozen=True)
 class TokenGrid:
@@ -51,6 +38,11 @@ class TokenGrid:
     temporal_patch_size: int = 1
     detail_h: int = 0
     detail_w: int = 0
+
+
+# The result column: the kept indices and the grid they index, one field per TokenGrid field.
+KEPT_TOKENS_TYPE = pa.struct([pa.field("indices", pa.list_(pa.int32()))] + [
+    pa.field(f.name, pa.string() if f.type == "str" else pa.int32()) for f in fields(TokenGrid)])
 
 
 @dataclass(frozen=True)

@@ -69,11 +69,15 @@ def strip(frames: np.ndarray) -> Image.Image:
     for i in picks:
         img = Image.fromarray(frames[i])
         tiles.append(img.resize((max(1, round(img.width * THUMB_HEIGHT / img.height)), THUMB_HEIGHT), Image.BILINEAR))
-    out = Image.new("RGB", (sum(t.width for t in tiles) + 2 * (len(tiles) - 1), THUMB_HEIGHT), (40, 40, 40))
+    return _side_by_side(tiles, gap=2, background=(40, 40, 40))
+
+
+def _side_by_side(tiles: list[Image.Image], gap: int, background: tuple[int, int, int]) -> Image.Image:
+    out = Image.new("RGB", (sum(t.width for t in tiles) + gap * (len(tiles) - 1), max(t.height for t in tiles)), background)
     x = 0
     for tile in tiles:
         out.paste(tile, (x, 0))
-        x += tile.width + 2
+        x += tile.width + gap
     return out
 
 
@@ -124,13 +128,7 @@ def overlay(frames: np.ndarray, grid: TokenGrid, indices: list[int]) -> Image.Im
         if len(shown) > 1:
             _label(tile, p)
         tiles.append(tile)
-    height = max(t.height for t in tiles)
-    out = Image.new("RGB", (sum(t.width for t in tiles) + 4 * (len(tiles) - 1), height), (255, 255, 255))
-    x = 0
-    for tile in tiles:
-        out.paste(tile, (x, 0))
-        x += tile.width + 4
-    return out
+    return _side_by_side(tiles, gap=4, background=(255, 255, 255))
 
 
 def make_pictures(row: dict, sampling: SamplingConfig, isolation: DecodeIsolationConfig, exists, write) -> Pictures:

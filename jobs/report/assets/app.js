@@ -43,6 +43,14 @@
     return e;
   }
 
+  function picture(cls, src, alt) {
+    const img = el("img", cls);
+    img.src = src;
+    img.alt = alt;
+    img.loading = "lazy";
+    return img;
+  }
+
   function card(item) {
     const c = el("div", "item " + item.status);
     c.dataset.id = item.id;
@@ -51,13 +59,7 @@
     head.appendChild(el("span", "badge " + item.status, item.status));
     if (item.media) head.appendChild(el("span", "media", item.media + (item.media === "video" && item.frames ? " · " + item.frames + " frames" : "")));
     c.appendChild(head);
-    if (item.thumb) {
-      const t = el("img", "thumb");
-      t.src = item.thumb;
-      t.alt = "frames of " + item.id;
-      t.loading = "lazy";
-      c.appendChild(t);
-    }
+    if (item.thumb) c.appendChild(picture("thumb", item.thumb, "frames of " + item.id));
     c.appendChild(el("p", "text", item.text));
     if (item.status === "ok") {
       const f = item.fidelity === null || item.fidelity === undefined ? "" : ", fidelity " + item.fidelity.toFixed(3);
@@ -65,13 +67,7 @@
     } else {
       c.appendChild(el("p", "stats", "failed at " + item.stage));
     }
-    if (item.overlay) {
-      const o = el("img", "overlay");
-      o.src = item.overlay;
-      o.alt = "kept tokens of " + item.id;
-      o.loading = "lazy";
-      c.appendChild(o);
-    }
+    if (item.overlay) c.appendChild(picture("overlay", item.overlay, "kept tokens of " + item.id));
     if (item.note) c.appendChild(el("p", "note", item.note));
     return c;
   }
