@@ -27,7 +27,7 @@ STRIP_FRAMES = 8
 OVERLAY_SIDE = 224  # longest side of one overlay panel
 DROPPED_SHADE = 0.22  # brightness left to the tokens pruning dropped, so the kept ones stand out
 KEPT_OUTLINE = (255, 214, 0)
-DRAWING = 1  # part of every picture's name: raise it when the drawing changes, so caches are redone
+DRAWING = 2  # part of every picture's name: raise it when the drawing changes, so caches are redone
 
 
 @dataclass(frozen=True)
@@ -104,14 +104,15 @@ def panel_image(frame: np.ndarray, panel: Panel, kept: np.ndarray) -> Image.Imag
     return out
 
 
-def _label(tile: Image.Image, panel: Panel) -> None:
+def _labelled(tile: Image.Image, panel: Panel) -> Image.Image:
+    """The panel with its frames named in a strip under it (over it, it would hide kept cells)."""
     first, end = panel.frames
     text = panel.name if panel.name in ("overview", "detail") else \
         f"frame {first}" if end - first == 1 else f"frames {first}-{end - 1}"
-    draw = ImageDraw.Draw(tile)
-    box = draw.textbbox((3, 2), text)
-    draw.rectangle((0, 0, box[2] + 3, box[3] + 2), fill=(0, 0, 0))
-    draw.text((3, 2), text, fill=(255, 255, 255))
+    out = Image.new("RGB", (tile.width, tile.height + 14), (255, 255, 255))
+    out.paste(tile, (0, 0))
+    ImageDraw.Draw(out).text((2, tile.height + 2), text, fill=(0, 0, 0))
+    return out
 
 
 def overlay(frames: np.ndarray, grid: TokenGrid, indices: list[int]) -> Image.Image:
@@ -125,9 +126,7 @@ def overlay(frames: np.ndarray, grid: TokenGrid, indices: list[int]) -> Image.Im
         here = cell & (panel == i)
         mask[row[here], col[here]] = True
         tile = panel_image(frames[min(p.frames[0], len(frames) - 1)], p, mask)
-        if len(shown) > 1:
-            _label(tile, p)
-        tiles.append(tile)
+        tiles.append(_labelled(tile, p) if len(shown) > 1 else tile)
     return _side_by_side(tiles, gap=4, background=(255, 255, 255))
 
 

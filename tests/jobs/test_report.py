@@ -178,3 +178,22 @@ def test_an_object_store_output_and_site(job, site, monkeypatch):
             assert f.read().decode() == (site.parent / "data" / "page-2.js").read_text()
     finally:
         server.stop()
+
+
+def test_a_panel_keeps_the_kept_cells_and_darkens_the_rest_where_the_grid_puts_them():
+    import numpy as np
+
+    from jobs.report.pictures import DROPPED_SHADE, KEPT_OUTLINE, overlay
+    from pipeline.token_grid import QWEN, TokenGrid
+
+    frame = np.full((1, 100, 200, 3), 200, np.uint8)
+    grid = TokenGrid(QWEN, 1, 4, 8, merge_size=2, temporal_patch_size=2)  # one panel of 2 x 4 tokens
+    pixels = np.asarray(overlay(frame, grid, [1, 6]))  # row 0 column 1, row 1 column 2
+    h, w = pixels.shape[0] // 2, pixels.shape[1] // 4
+
+    def centre(r: int, c: int) -> tuple[int, ...]:
+        return tuple(pixels[r * h + h // 2, c * w + w // 2])
+
+    assert centre(0, 1) == (200, 200, 200) and centre(1, 2) == (200, 200, 200)
+    assert all(max(centre(r, c)) <= 200 * DROPPED_SHADE + 1 for r in range(2) for c in range(4) if (r, c) not in {(0, 1), (1, 2)})
+    assert tuple(pixels[0, w]) == KEPT_OUTLINE  # the kept cell's outline starts at its corner
