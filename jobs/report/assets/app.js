@@ -67,7 +67,13 @@
     } else {
       c.appendChild(el("p", "stats", "failed at " + item.stage));
     }
-    if (item.overlay) c.appendChild(picture("overlay", item.overlay, "kept tokens of " + item.id));
+    if (item.overlay) {  // shrunk to the card; the link opens it full size
+      const full = el("a");
+      full.href = item.overlay;
+      full.title = "open full size";
+      full.appendChild(picture("overlay", item.overlay, "kept tokens of " + item.id));
+      c.appendChild(full);
+    }
     if (item.note) c.appendChild(el("p", "note", item.note));
     return c;
   }
