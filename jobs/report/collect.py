@@ -128,6 +128,8 @@ def read_output(output: str) -> OutputView:
         order, first = best_first(table)
         table = order.filter(first)
     records = read_records(output)
+    if not len(table) and not records:
+        raise FileNotFoundError(f"{output!r} holds no job output (no results/ files, no _runs/ log)")
     table = _with_clip_windows(table.sort_by("id"), [r["input"] for r in records])
     runs = [RunStats(r["run_id"], r["status"], r["started"], r.get("ended"), int(r.get("ok", 0)) + int(r.get("failed", 0)),
                      _seconds(r["started"], r.get("ended"))) for r in records]

@@ -141,6 +141,8 @@ def test_the_cli_writes_the_site_and_refuses_a_bad_page_size(job, tmp_path, caps
     assert f"report: {tmp_path / 'r' / 'index.html'}" in capsys.readouterr().out
     assert "page-1.js" in os.listdir(tmp_path / "r" / "data")
     assert main(["report", job, "--out", str(tmp_path / "r2"), "--page-size", "0"]) == 2
+    assert main(["report", str(tmp_path / "nothing"), "--out", str(tmp_path / "r3")]) == 2
+    assert "holds no job output" in capsys.readouterr().err and not (tmp_path / "r3").exists()
 
 
 def test_a_missing_media_file_is_a_note_not_a_crash(job, tmp_path):
