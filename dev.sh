@@ -24,13 +24,16 @@ setup() {
   touch "$STAMP"
 }
 
-# The tests start real Prometheus and Pushgateway servers on loopback (Debian packages).
+# The tests start real Prometheus and Pushgateway servers on loopback, and load the report in a
+# real headless Chromium (Debian packages).
 services() {
-  command -v prometheus >/dev/null && command -v prometheus-pushgateway >/dev/null && return 0
-  echo "installing prometheus and prometheus-pushgateway (apt)" >&2
+  command -v prometheus >/dev/null && command -v prometheus-pushgateway >/dev/null && command -v chromium >/dev/null \
+    && return 0
+  echo "installing prometheus, prometheus-pushgateway and chromium (apt)" >&2
   local sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
   $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends prometheus prometheus-pushgateway >/dev/null
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends prometheus prometheus-pushgateway \
+    chromium >/dev/null
 }
 
 cmd=${1:-}

@@ -489,7 +489,7 @@ def run_e2e(cfg) -> dict:
     finally:
         watcher.stop()
     events = watcher.batches
-    table = read_results(cfg.output)
+    table = read_results(cfg.output.path)
     total = report.this_run.total
     out = {
         "items": total, "ok": int(pa.compute.sum(pa.compute.equal(table["status"], "ok")).as_py() or 0),
@@ -652,7 +652,8 @@ def end_to_end(cfg, warm_manifest: Path, work: Path, show_logs: bool, phases: Ph
     try:
         actor = actor_threads(cfg.resources.cpus_per_model_actor)
         tw = time.perf_counter()
-        warm = run_e2e(cfg.model_copy(update={"input": str(warm_manifest), "output": str(work / "warm-out")}))
+        warm_output = cfg.output.model_copy(update={"path": str(work / "warm-out")})
+        warm = run_e2e(cfg.model_copy(update={"input": str(warm_manifest), "output": warm_output}))
         warm_s = time.perf_counter() - tw
         print(f"[bench] ray up ({init_s:.1f} s), warm-up run {warm_s:.1f} s", flush=True)
         phases.mark("before_e2e_measured_run")

@@ -32,7 +32,7 @@ def job_config(args: argparse.Namespace) -> JobSpec:
         if flags:
             source += " with the command line's flags"
     else:
-        missing = [f"--{n}" for n in ("input", "output") if n not in flags]
+        missing = [f"--{n}" for n, path in (("input", "input"), ("output", "output.path")) if path not in flags]
         if missing:
             raise UsageError(f"give a job spec (iwp-annotate run SPEC.yaml) or {' and '.join(missing)}")
         data, source = {}, "the command line's flags"
@@ -67,6 +67,10 @@ def parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="make sample media and run the job on the embedded default model")
     demo.add_argument("--workdir", default="demo-output", help="where sample media and results go")
     demo.add_argument("--verbose", action="store_true", help=VERBOSE_HELP)
+    rep = sub.add_parser("report", help="write a static HTML report of a job's output (open DIR/index.html)")
+    rep.add_argument("output", help="the job's output directory (local path or s3:// URI)")
+    rep.add_argument("--out", required=True, help="folder for the site (local or s3://); pictures already there are reused")
+    rep.add_argument("--page-size", type=int, default=50, help="gallery items per page")
     ev = sub.add_parser("eval", help="accuracy of every pruning method on held-out generated scenes")
     ev.add_argument("--model", default=None, help="local model directory (default: the shipped reference model)")
     ev.add_argument("--out", default="reports/eval", help="folder for results.json, report.md and plots")
@@ -120,6 +124,13 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "eval":
             run_eval(args)
+            return 0
+        if args.command == "report":
+            from jobs.report import write_report
+
+            if args.page_size < 1:
+                raise UsageError("--page-size must be at least 1")
+            print(f"report: {write_report(args.output, args.out, args.page_size)}")
             return 0
         cfg = job_config(args)
         print_report(run_pipeline(cfg, retry_failed=args.retry_failed, metrics_port=args.metrics_port,

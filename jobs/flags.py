@@ -28,6 +28,8 @@ NAMES: dict[str, str] = {
     "task.kind": "task",
     "task.vocabulary": "tag-vocabulary",
     "task.prompt": "tag-prompt",
+    "output.path": "output",
+    "output.record_kept_tokens": "record-kept-tokens",
     "model.path": "model",
     "model.device": "device",
     "model.dtype": "dtype",
@@ -204,7 +206,9 @@ def overlay(data: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]:
         *sections, leaf = path.split(".")
         node = out
         for section in sections:
-            node[section] = dict(node.get(section) or {})
+            current = node.get(section) or {}
+            # A section given as one string is its path (`output: DIR`, see OutputConfig).
+            node[section] = {"path": current} if isinstance(current, str) else dict(current)
             node = node[section]
         node[leaf] = value
     task = out.get("task")

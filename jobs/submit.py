@@ -73,7 +73,7 @@ def _check_paths(spec: JobSpec) -> None:
     problems = [
         f"{where}: relative path {value!r} would resolve inside the job's working directory on the cluster; "
         "use an absolute path or a URI"
-        for where, value in (("input", spec.input), ("output", spec.output), ("model.path", spec.model.path))
+        for where, value in (("input", spec.input), ("output", spec.output.path), ("model.path", spec.model.path))
         if "://" not in value and not os.path.isabs(value)
     ]
     if problems:

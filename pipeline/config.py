@@ -161,13 +161,22 @@ class MetricsConfig(_Strict):
         return url
 
 
+class OutputConfig(_Strict):
+    """Where results go and what optional columns they carry. In a spec, `output: DIR` is
+    short for `output: {path: DIR}`."""
+
+    path: str = Field(min_length=1, description="output directory; results land in OUTPUT/results")
+    record_kept_tokens: bool = Field(False, description="write kept_token_indices (which visual tokens pruning kept, "
+                                                        "with the token grid) for the report's overlay")
+
+
 class PipelineConfig(_Strict):
     """One annotation run, as `pipeline.run.run_pipeline` takes it."""
 
     name: str = Field("iwp-annotate", pattern=r"^[a-z0-9][a-z0-9-]{0,62}$", description="job name: metrics label and Pushgateway group")
     task: TaskConfig = CaptionTask()
     input: str = Field(min_length=1, description="manifest Parquet file (local path or pyarrow URI)")
-    output: str = Field(min_length=1, description="output directory; results land in OUTPUT/results")
+    output: OutputConfig
     model: ModelConfig
     pruning: PruningConfig = PruningConfig()
     sampling: SamplingConfig = SamplingConfig()
@@ -179,6 +188,11 @@ class PipelineConfig(_Strict):
     grace_period_s: float = Field(25.0, gt=0, description="on SIGTERM, exit within this many seconds (exit code 143)")
     decode_isolation: DecodeIsolationConfig = DecodeIsolationConfig()
     fault_tolerance: FaultToleranceConfig = FaultToleranceConfig()
+
+    @field_validator("output", mode="before")
+    @classmethod
+    def _output_path(cls, value: object) -> object:
+        return {"path": value} if isinstance(value, str) else value
 
     @field_validator("metrics", mode="before")
     @classmethod

@@ -33,6 +33,7 @@ from pipeline.quarantine import CrashLog, Deadline, ModelBroken
 from pipeline.schema import OK, mark_failed, to_result_table
 from pipeline.tags import parse_tags
 from pipeline.tensors import unpack
+from pipeline.token_grid import grid_of, kept_tokens_value
 
 
 def resolve_device(name: str) -> torch.device:
@@ -116,6 +117,8 @@ class ModelEngine:
         self.model = load_model(cfg)
         self.device = self.model.device
         self.pruning = enable(self.model, cfg.pruning)
+        if self.pruning is not None:
+            self.pruning.record_kept_tokens = cfg.output.record_kept_tokens
         tok = self.processor.tokenizer
         self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
         eos = self.model.generation_config.eos_token_id
@@ -214,6 +217,9 @@ class ModelEngine:
             row["latency_s"] += elapsed
             row["num_kept_tokens"] = stats[i].visual_after if stats else row["num_visual_tokens"]
             row["weight_fidelity"] = stats[i].fidelity if stats else None
+            if self.cfg.output.record_kept_tokens:
+                row["kept_token_indices"] = kept_tokens_value(grid_of(inputs[i], self.model.config, self.processor),
+                                                              stats[i].kept if stats else None, row["num_visual_tokens"])
             self.metrics.visual_tokens.inc(row["num_visual_tokens"], tags={**self.tags, "phase": "before"})
             self.metrics.visual_tokens.inc(row["num_kept_tokens"], tags={**self.tags, "phase": "after"})
             if not text:

@@ -107,7 +107,7 @@ def build_dataset(cfg: PipelineConfig, todo: pa.Table, run_id: str, fingerprint:
     )
     return ds.map_batches(
         write_batch,
-        fn_kwargs={"output": cfg.output, "run_id": run_id, "fingerprint": fingerprint, "partition": partition,
+        fn_kwargs={"output": cfg.output.path, "run_id": run_id, "fingerprint": fingerprint, "partition": partition,
                    "board": board, "tags": tags},
         batch_size=None,
         batch_format="pyarrow",
@@ -220,31 +220,32 @@ def _run(cfg: PipelineConfig, retry_failed: bool, metrics_port: int | None, prog
         raise ManifestError(f"manifest {cfg.input!r} has no rows")
     fingerprint, run_id = run_fingerprint(cfg), new_run_id()
     partition = "date=" + time.strftime("%Y-%m-%d", time.gmtime())
-    with output_lock(cfg.output, run_id):
-        record = RunRecord(run_id=run_id, fingerprint=fingerprint, input=cfg.input, partition=partition)
+    with output_lock(cfg.output.path, run_id):
+        record = RunRecord(run_id=run_id, fingerprint=fingerprint, input=cfg.input, partition=partition,
+                           settings=cfg.model_dump(mode="json"))
         try:
-            sweep_temporary(cfg.output)
-            todo = plan_resume(cfg.output, manifest, fingerprint, retry_failed)
+            sweep_temporary(cfg.output.path)
+            todo = plan_resume(cfg.output.path, manifest, fingerprint, retry_failed)
             record.todo, record.skipped = len(todo), len(manifest) - len(todo)
-            write_record(cfg.output, record)
+            write_record(cfg.output.path, record)
             if len(todo):
-                with captured(cfg.output, run_id, console) as terminal:
+                with captured(cfg.output.path, run_id, console) as terminal:
                     _execute(cfg, todo, run_id, fingerprint, partition, metrics_port, progress_stream or terminal,
                              observer)
-            fill_missing(cfg.output, manifest, reconcile(cfg.output)["id"], run_id, fingerprint, partition)
+            fill_missing(cfg.output.path, manifest, reconcile(cfg.output.path)["id"], run_id, fingerprint, partition)
         except BaseException as exc:
-            error = _broken(cfg.output, len(manifest), exc) if isinstance(exc, ModelBroken) else exc
+            error = _broken(cfg.output.path, len(manifest), exc) if isinstance(exc, ModelBroken) else exc
             record.finish(_outcome(error), error=f"{type(error).__name__}: {error}"[:2000])
-            _try_write_record(cfg.output, record)
+            _try_write_record(cfg.output.path, record)
             if error is not exc:
                 raise error from None
             raise
         seconds = time.perf_counter() - started
-        table = read_results(cfg.output)
+        table = read_results(cfg.output.path)
         mine = table.filter(pc.equal(table["run_id"], run_id))
         summary = summarise(mine)
         record.finish("succeeded", ok=summary.ok, failed=summary.failed)
-        write_record(cfg.output, record)
+        write_record(cfg.output.path, record)
     push_summary(cfg.metrics.pushgateway, job_summary(cfg, mine, seconds))
     return RunReport(
         run_id=run_id,
@@ -253,5 +254,5 @@ def _run(cfg: PipelineConfig, retry_failed: bool, metrics_port: int | None, prog
         output=summarise(table),
         skipped=len(manifest) - len(todo),
         seconds=seconds,
-        results=subdir(cfg.output, RESULTS_DIR),
+        results=subdir(cfg.output.path, RESULTS_DIR),
     )

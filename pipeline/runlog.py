@@ -32,6 +32,7 @@ class RunRecord:
     ok: int = 0
     failed: int = 0
     error: str | None = None
+    settings: dict | None = None  # the run's configuration, as the report shows it
 
     def finish(self, status: str, **counts: int | str | None) -> None:
         self.status = status

@@ -11,6 +11,8 @@ import math
 
 import pyarrow as pa
 
+from pipeline.token_grid import KEPT_TOKENS_TYPE
+
 OK, FAILED = "ok", "failed"
 
 RESULT_SCHEMA = pa.schema(
@@ -32,6 +34,7 @@ RESULT_SCHEMA = pa.schema(
         pa.field("num_visual_tokens", pa.int32()),
         pa.field("num_kept_tokens", pa.int32()),
         pa.field("weight_fidelity", pa.float32()),
+        pa.field("kept_token_indices", KEPT_TOKENS_TYPE),  # only with output.record_kept_tokens
         pa.field("latency_s", pa.float64()),
         pa.field("attempt", pa.int32()),
         pa.field("run_id", pa.string()),

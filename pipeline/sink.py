@@ -174,13 +174,20 @@ def reconcile(output: str, columns: tuple[str, ...] = ()) -> pa.Table:
     table = read_results(output, names, with_location=True)
     if len(table) == pc.count_distinct(table["id"]).as_py():
         return table
+    order, first = best_first(table)
+    _drop_rows(output, order.filter(pc.invert(first)))
+    return order.filter(first)
+
+
+def best_first(table: pa.Table) -> tuple[pa.Table, pa.Array]:
+    """`table` sorted by id with each id's best row (ok over failed, then the highest attempt)
+    first, and the mask of those best rows."""
     rank = pc.add(pc.multiply(pc.cast(pc.equal(table["status"], OK), pa.int64()), 2**32),
                   pc.cast(pc.fill_null(table["attempt"], 0), pa.int64()))
     order = table.append_column("_rank", rank).sort_by([("id", "ascending"), ("_rank", "descending")])
     ids = order["id"].to_pylist()
-    first = [i == 0 or ids[i] != ids[i - 1] for i in range(len(ids))]
-    _drop_rows(output, order.filter(pc.invert(pa.array(first))))
-    return order.filter(pa.array(first)).drop_columns(["_rank"])
+    first = pa.array([i == 0 or ids[i] != ids[i - 1] for i in range(len(ids))])
+    return order.drop_columns(["_rank"]), first
 
 
 def plan_resume(output: str, manifest: pa.Table, fingerprint: str, retry_failed: bool) -> pa.Table:

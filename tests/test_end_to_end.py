@@ -48,7 +48,7 @@ def mixed_run(tmp_path_factory, media, tiny_model_dir, ray_local):
         sampling=SamplingConfig(num_frames=4),
     )
     report = run_pipeline(cfg)
-    return cfg, report, read_results(cfg.output)
+    return cfg, report, read_results(cfg.output.path)
 
 
 def test_every_id_exactly_once(mixed_run):
@@ -97,7 +97,7 @@ def test_no_pruning_keeps_every_visual_token(tmp_path, media, tiny_model_dir, ra
         pruning=PruningConfig(method="none"),
     )
     run_pipeline(cfg)
-    (row,) = read_results(cfg.output).to_pylist()
+    (row,) = read_results(cfg.output.path).to_pylist()
     assert row["status"] == "ok"
     assert row["num_kept_tokens"] == row["num_visual_tokens"] == 128 and row["weight_fidelity"] is None
 
@@ -120,7 +120,7 @@ def test_other_families_run_the_whole_pipeline_pruned(tmp_path, media, ray_local
         pruning=PruningConfig(layer=1),
     )
     run_pipeline(cfg)
-    rows = {r["id"]: r for r in read_results(cfg.output).to_pylist()}
+    rows = {r["id"]: r for r in read_results(cfg.output.path).to_pylist()}
     assert {r["status"] for r in rows.values()} == {"ok"}, [r["error"] for r in rows.values()]
     # Qwen3-VL: 4 frames of 224x224 at 16 px patches, 2x2 merge, 2-frame temporal patches: 2 * 7 * 7.
     # LLaVA-OneVision: 4 frames, each 2x2 tokens after its 2x pooling of the 4x4 patch grid, + 1 newline
@@ -140,7 +140,7 @@ def test_tagging_keeps_only_vocabulary_words(tmp_path, media, tiny_model_dir, ra
         task=TagTask(kind="tag", vocabulary=vocabulary),
     )
     run_pipeline(cfg)
-    rows = read_results(cfg.output).to_pylist()
+    rows = read_results(cfg.output.path).to_pylist()
     assert len(rows) == 2
     for row in rows:
         assert row["status"] == "ok" and row["task"] == "tag" and row["caption"] is None
@@ -163,34 +163,34 @@ def test_rerun_resumes_and_retries_failed_only_when_asked(mixed_run):
     cfg, first, table = mixed_run
     again = run_pipeline(cfg)
     assert again.skipped == 8 and again.this_run.total == 0
-    assert read_results(cfg.output).sort_by("id").equals(table.sort_by("id"))
+    assert read_results(cfg.output.path).sort_by("id").equals(table.sort_by("id"))
     retried = run_pipeline(cfg, retry_failed=True)
     assert retried.skipped == 4 and retried.this_run.total == 4 and retried.this_run.failed == 4
-    after = read_results(cfg.output)
+    after = read_results(cfg.output.path)
     assert sorted(after["id"].to_pylist()) == sorted(table["id"].to_pylist())
     attempts = {r["id"]: r["attempt"] for r in after.to_pylist()}
     assert attempts["corrupt"] == 2 and attempts["v1"] == 1
-    dead = read_dead_letter(cfg.output)
+    dead = read_dead_letter(cfg.output.path)
     assert sorted(dead.filter(pa.compute.equal(dead["id"], "corrupt"))["attempt"].to_pylist()) == [1, 2]
     assert set(dead["run_id"].to_pylist()) == {first.run_id, retried.run_id}
 
 
 def test_resume_does_only_missing_ids(mixed_run, tmp_path):
     cfg, _, table = mixed_run
-    partial = cfg.model_copy(update={"output": str(tmp_path / "out")})
+    partial = cfg.model_copy(update={"output": cfg.output.model_copy(update={"path": str(tmp_path / "out")})})
     run_pipeline(partial.model_copy(update={"input": write_manifest(tmp_path / "first.parquet", [
         {"id": "v1", "uri": table.filter(pa.compute.equal(table["id"], "v1"))["uri"][0].as_py()}])}))
     report = run_pipeline(partial)
     assert report.skipped == 1 and report.this_run.total == 7
-    assert sorted(read_results(partial.output)["id"].to_pylist()) == sorted(table["id"].to_pylist())
+    assert sorted(read_results(partial.output.path)["id"].to_pylist()) == sorted(table["id"].to_pylist())
 
 
 def test_results_are_date_partitioned_and_runs_logged(mixed_run):
     cfg, first, _ = mixed_run
-    out = Path(cfg.output)
+    out = Path(cfg.output.path)
     partitions = {p.parent.name for p in (out / "results").rglob("part-*.parquet")}
     assert len(partitions) == 1 and re.fullmatch(r"date=\d{4}-\d{2}-\d{2}", partitions.pop())
-    records = {r["run_id"]: r for r in read_records(cfg.output)}
+    records = {r["run_id"]: r for r in read_records(cfg.output.path)}
     mine = records[first.run_id]
     assert (mine["status"], mine["todo"], mine["skipped"], mine["ok"], mine["failed"]) == ("succeeded", 8, 0, 4, 4)
     assert mine["started"] <= mine["ended"] and mine["fingerprint"] == first.fingerprint
@@ -199,10 +199,10 @@ def test_results_are_date_partitioned_and_runs_logged(mixed_run):
 
 def test_a_second_run_on_a_busy_output_refuses(mixed_run):
     cfg, _, _ = mixed_run
-    with output_lock(cfg.output, "someone-else"):
+    with output_lock(cfg.output.path, "someone-else"):
         with pytest.raises(OutputLockedError, match="being written by run someone-else"):
             run_pipeline(cfg)
-    stale = Path(cfg.output) / "_lock.json"
+    stale = Path(cfg.output.path) / "_lock.json"
     stale.write_text(json.dumps({"run_id": "crashed", "pid": 2**22 + 7, "host": socket.gethostname()}))
     assert run_pipeline(cfg).skipped == 8
     assert not stale.exists()

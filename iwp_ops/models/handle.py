@@ -39,6 +39,9 @@ class ItemStats:
     visual_before: int
     visual_after: int
     fidelity: float | None
+    # The kept visual tokens' indices among the item's visual tokens, ascending (the order the model
+    # saw them); only when the handle's `record_kept_tokens` is on.
+    kept: tuple[int, ...] | None = None
 
 
 class PruningHandle:
@@ -46,8 +49,11 @@ class PruningHandle:
 
     `last_stats` holds one `ItemStats` per batch item of the latest call that had visual
     tokens (empty when pruning was disabled or the input had none). They stay on the device
-    until first read, so the forward never waits for them.
+    until first read, so the forward never waits for them. Set `record_kept_tokens` to have
+    them name the kept visual tokens too (a report draws them; off, nothing extra is computed).
     """
+
+    record_kept_tokens: bool = False
 
     def __init__(self, model: nn.Module, family: Family, settings: PruningSettings):
         self.model = model
@@ -57,6 +63,7 @@ class PruningHandle:
         self.enabled = True
         self._stats: list[ItemStats] = []
         self._pending: Tensor | None = None
+        self._pending_kept: Tensor | None = None
         self._ready: torch.cuda.Event | None = None
         self._call: layer_k.Call | None = None
         self._originals: dict[int, Any] = {}
@@ -83,13 +90,16 @@ class PruningHandle:
     @property
     def last_stats(self) -> list[ItemStats]:
         pending, self._pending = self._pending, None
+        kept_ranks, self._pending_kept = self._pending_kept, None
         if pending is not None:
             if self._ready is not None:
                 self._ready.synchronize()
             read = pending.tolist()
             fidelity = read[2] if len(read) > 2 else [math.nan] * len(read[0])
-            self._stats = [ItemStats(int(b), int(a), None if math.isnan(f) else f)
-                           for b, a, f in zip(read[0], read[1], fidelity)]
+            kept = [None] * len(read[0]) if kept_ranks is None else \
+                [tuple(r[r >= 0].tolist()) for r in kept_ranks.cpu().numpy()]
+            self._stats = [ItemStats(int(b), int(a), None if math.isnan(f) else f, k)
+                           for b, a, f, k in zip(read[0], read[1], fidelity, kept)]
         return self._stats
 
     def disable(self) -> None:
@@ -137,7 +147,7 @@ class PruningHandle:
         if cache is not None and cache.get_seq_length() > 0:
             return
         self._call = None
-        self._stats, self._pending, self._ready = [], None, None
+        self._stats, self._pending, self._pending_kept, self._ready = [], None, None, None
         if not self.enabled or input_ids is None:
             return
         attention = kwargs.get("attention_mask")
@@ -165,7 +175,7 @@ class PruningHandle:
                 config = self.language_model.config
                 if call.kept_mask is None:
                     hidden_states, stats = layer_k.prune(call, self.settings, layer, hidden_states, kwargs, config)
-                    self._hold(stats)
+                    self._hold(stats, _kept_ranks(call) if self.record_kept_tokens else None)
                 else:
                     layer_k.extend(call, hidden_states, config)
             kwargs.update(call.overrides)
@@ -173,8 +183,8 @@ class PruningHandle:
 
         return forward
 
-    def _hold(self, stats: Tensor) -> None:
-        self._pending = stats
+    def _hold(self, stats: Tensor, kept: Tensor | None) -> None:
+        self._pending, self._pending_kept = stats, kept
         if stats.is_cuda:  # the read may come on another stream
             self._ready = torch.cuda.Event()
             self._ready.record()
@@ -193,6 +203,14 @@ class PruningHandle:
             return original(hidden_states, visual_pos_masks, visual_embeds)
 
         return process
+
+
+def _kept_ranks(call: layer_k.Call) -> Tensor:
+    """[B, kept length]: each kept visual token's index among its row's visual tokens, -1 at the
+    other kept positions; in the kept sequence's order, which is the original one. Masked, not
+    compacted, so it needs no read-back here."""
+    ranks = (call.visual.cumsum(1) - 1).gather(1, call.order)
+    return ranks.masked_fill(~(call.visual.gather(1, call.order) & call.kept_mask), -1)
 
 
 def enable_pruning(model: nn.Module, method: str = "iwp", keep_ratio: float | Sequence[float] = 0.222, layer: int = 2,

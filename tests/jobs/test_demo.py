@@ -28,3 +28,6 @@ def test_demo_runs_the_shipped_model_and_captions_its_scenes(tmp_path):
              if not caption_scores(scene, rows[item]["caption"])["exact"]}
     assert set(wrong) <= {"image-0"}, wrong
     assert f"captions exactly right: {6 - len(wrong)} of 6" in r.stdout
+    site = tmp_path / "demo" / "report" / "index.html"
+    assert f"report: {site} (open it in a browser)" in r.stdout and site.is_file()
+    assert len(list((site.parent / "overlays").glob("*.png"))) == 6  # the demo records kept tokens

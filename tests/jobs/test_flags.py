@@ -14,7 +14,7 @@ from jobs.flags import job_flags
 from jobs.spec import SpecError, parse_spec
 
 REPO = Path(__file__).resolve().parents[2]
-BASE = {"input": "m.parquet", "output": "out", "model": {"path": str(REPO)}}
+BASE = {"input": "m.parquet", "output": {"path": "out"}, "model": {"path": str(REPO)}}
 TAG = {"task.kind": "tag", "task.vocabulary": ["red"]}
 
 # field path -> (a good value, a bad value or None where a flag cannot carry a wrong one, and the
@@ -25,7 +25,8 @@ SAMPLES: dict[str, tuple[Any, Any, dict[str, Any]]] = {
     "task.vocabulary": (["red", "light blue"], ["Red"], {"task.kind": "tag"}),
     "task.prompt": ("list the tags .", "", TAG),
     "input": ("/data/m.parquet", "", {}),
-    "output": ("s3://bucket/out", "", {}),
+    "output.path": ("s3://bucket/out", "", {}),
+    "output.record_kept_tokens": (True, None, {}),
     "model.path": (str(REPO), None, {}),
     "model.device": ("cuda:1", None, {}),
     "model.dtype": ("float16", "int4", {}),
@@ -69,7 +70,7 @@ FLAGS = {f.path: f for f in job_flags()}
 
 
 def _nested(values: dict[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {"model": dict(BASE["model"]), **{k: v for k, v in BASE.items() if k != "model"}}
+    out: dict[str, Any] = {k: dict(v) if isinstance(v, dict) else v for k, v in BASE.items()}
     for path, value in values.items():
         *sections, leaf = path.split(".")
         node = out
@@ -80,7 +81,7 @@ def _nested(values: dict[str, Any]) -> dict[str, Any]:
 
 
 def _argv(values: dict[str, Any]) -> list[str]:
-    argv = ["run", "--input", BASE["input"], "--output", BASE["output"], "--model", BASE["model"]["path"]]
+    argv = ["run", "--input", BASE["input"], "--output", BASE["output"]["path"], "--model", BASE["model"]["path"]]
     for path, value in values.items():
         flag = FLAGS[path]
         if flag.kind == "bool":
@@ -138,6 +139,14 @@ def test_flags_override_the_spec_and_keep_the_rest(tmp_path):
     assert (cfg.pruning.keep_ratio, cfg.pruning.layer, cfg.name) == (0.1, 3, "from-spec")
     with pytest.raises(SpecError, match="with the command line's flags"):
         job_config(parser().parse_args(["run", str(spec), "--model-actors", "0"]))
+
+
+def test_output_as_one_string_is_its_path_and_flags_add_to_it(tmp_path):
+    spec = tmp_path / "job.yaml"
+    spec.write_text(yaml.safe_dump({**_nested({}), "output": "s3://bucket/out"}))
+    cfg = job_config(parser().parse_args(["run", str(spec), "--record-kept-tokens"]))
+    assert (cfg.output.path, cfg.output.record_kept_tokens) == ("s3://bucket/out", True)
+    assert job_config(parser().parse_args(["run", str(spec)])).output.record_kept_tokens is False
 
 
 def test_help_shows_the_models_defaults(capsys):

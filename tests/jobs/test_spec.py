@@ -40,7 +40,7 @@ def test_examples_exist():
 def test_example_specs_load(path):
     spec = load_spec(str(path))
     raw = yaml.safe_load(path.read_text())
-    assert spec.name == raw["name"] and spec.input == raw["input"] and spec.output == raw["output"]
+    assert spec.name == raw["name"] and spec.input == raw["input"] and spec.output.path == raw["output"]
     assert spec.task.kind == raw["task"]["kind"]
     assert list(spec.resources.model_actors) == raw["resources"]["model_actors"]
     assert isinstance(spec, PipelineConfig) and spec.model.path == raw["model"]["path"]
@@ -84,7 +84,7 @@ def test_every_spec_value_reaches_the_pipeline_config():
         schedule: "*/15 1-5 * jan-mar mon,fri"
         """)
     cfg = parse_spec(text)
-    assert cfg.name == "tagger-7" and cfg.input == "/data/m.parquet" and cfg.output == "s3://bucket/out"
+    assert cfg.name == "tagger-7" and cfg.input == "/data/m.parquet" and cfg.output.path == "s3://bucket/out"
     assert cfg.task.kind == "tag" and cfg.tag_vocabulary == ("red", "light blue", "circle")
     assert cfg.task.prompt == cfg.task_prompt == "list the tags ."
     assert cfg.model == ModelConfig(path="/models/m", dtype="float16", device="cuda:1", trust_remote_code=True,
@@ -222,7 +222,7 @@ def test_python_object_tags_are_refused_not_constructed(tmp_path):
 def test_environment_variables_are_not_expanded(monkeypatch):
     monkeypatch.setenv("IWP_SPEC_TEST_BUCKET", "expanded")
     spec = parse_spec(spec_text(input="s3://${IWP_SPEC_TEST_BUCKET}/m.parquet", output="$IWP_SPEC_TEST_BUCKET/out"))
-    assert spec.input == "s3://${IWP_SPEC_TEST_BUCKET}/m.parquet" and spec.output == "$IWP_SPEC_TEST_BUCKET/out"
+    assert spec.input == "s3://${IWP_SPEC_TEST_BUCKET}/m.parquet" and spec.output.path == "$IWP_SPEC_TEST_BUCKET/out"
 
 
 def test_load_spec_reads_uris(tmp_path):

@@ -76,7 +76,7 @@ def bad_run(tmp_path_factory, media, tiny_model_dir, ray_local):
         sampling=SamplingConfig(num_frames=4, max_image_pixels=2_000_000),
     )
     run_pipeline(cfg)
-    return rows, read_results(cfg.output), read_dead_letter(cfg.output)
+    return rows, read_results(cfg.output.path), read_dead_letter(cfg.output.path)
 
 
 def test_each_id_exactly_once(bad_run):

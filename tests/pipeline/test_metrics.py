@@ -194,4 +194,4 @@ def test_watchdog_names_the_stuck_stage(tmp_path, tiny_model_dir, ray_local):
             run_pipeline(cfg)
     finally:
         threading.Thread(target=lambda: open(fifo, "wb").close(), daemon=True).start()
-    assert len(read_results(cfg.output)) <= 2
+    assert len(read_results(cfg.output.path)) <= 2
