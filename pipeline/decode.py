@@ -1,5 +1,9 @@
 """Decode media into uint8 RGB frames on CPU workers: decord for video, PIL for images.
 
+Each object is read once: a remote video is copied into a local spool file that decord
+seeks in (and reopens at the target size without a second fetch), and every file's size
+is checked against `max_media_bytes` from its metadata before any byte is read.
+
 Each row gets `frames` (packed uint8 [T, H, W, 3]; images have T = 1) and `fps`, the rate of
 those frames (the source rate over the sampling stride: the processor turns it into temporal
 positions), or is marked failed with the reason. Nothing here raises for one bad item.
@@ -17,12 +21,10 @@ from pipeline.config import DecodeIsolationConfig, SamplingConfig
 from pipeline.manifest import infer_media_type
 from pipeline.schema import FAILED, OK, RESULT_SCHEMA, is_present, mark_failed
 from pipeline.sandbox import run_isolated
-from pipeline.storage import read_bytes, resolve
+from pipeline.storage import MediaError, read_limited, spooled
 from pipeline.tensors import pack
 
-
-class MediaError(ValueError):
-    """The file exists but is not usable media (empty, wrong kind, bad clip window)."""
+__all__ = ["MediaError", "decode_media", "decode_row", "sample_indices"]
 
 
 def _scaled(height: int, width: int, max_side: int) -> tuple[int, int]:
@@ -30,23 +32,11 @@ def _scaled(height: int, width: int, max_side: int) -> tuple[int, int]:
     return max(1, round(height * scale)), max(1, round(width * scale))
 
 
-def _open_video(uri: str, **kwargs):
+def _open_video(path: str, uri: str, **kwargs):
     import decord
 
-    fs, path = resolve(uri)
-    if fs.type_name == "local":
-        info = fs.get_file_info(path)
-        if info.type.name == "NotFound":
-            raise FileNotFoundError(f"no such file: {uri}")
-        if info.type.name != "File":
-            raise MediaError(f"not a file: {uri}")
-        if info.size == 0:
-            raise MediaError(f"empty file: {uri}")
-        source = path
-    else:
-        source = io.BytesIO(read_bytes(uri))
     try:
-        return decord.VideoReader(source, ctx=decord.cpu(0), num_threads=1, **kwargs)
+        return decord.VideoReader(path, ctx=decord.cpu(0), num_threads=1, **kwargs)
     except (RuntimeError, decord.DECORDError) as exc:  # how decord reports demuxer/decoder failures
         raise MediaError(f"cannot decode video {uri}: {str(exc).splitlines()[0]}") from exc
 
@@ -71,24 +61,23 @@ def sample_indices(num_total: int, fps: float, num_frames: int, start_s: float |
 
 
 def decode_video(uri: str, cfg: SamplingConfig, start_s: float | None, end_s: float | None) -> tuple[np.ndarray, float]:
-    probe = _open_video(uri)
-    if len(probe) == 0:
-        raise MediaError(f"video has no frames: {uri}")
-    height, width = probe[0].shape[:2]
-    fps = float(probe.get_avg_fps())
-    indices = sample_indices(len(probe), fps, cfg.num_frames, start_s, end_s, cfg.fps)
-    if max(height, width) > cfg.max_side:
-        h, w = _scaled(height, width, cfg.max_side)
-        probe = _open_video(uri, width=w, height=h)
-    spread = int(indices[-1] - indices[0])
-    rate = fps * (len(indices) - 1) / spread if spread > 0 else fps
-    return probe.get_batch(list(indices)).asnumpy(), rate
+    with spooled(uri, cfg.max_media_bytes) as path:
+        probe = _open_video(path, uri)
+        if len(probe) == 0:
+            raise MediaError(f"video has no frames: {uri}")
+        height, width = probe[0].shape[:2]
+        fps = float(probe.get_avg_fps())
+        indices = sample_indices(len(probe), fps, cfg.num_frames, start_s, end_s, cfg.fps)
+        if max(height, width) > cfg.max_side:
+            h, w = _scaled(height, width, cfg.max_side)
+            probe = _open_video(path, uri, width=w, height=h)
+        spread = int(indices[-1] - indices[0])
+        rate = fps * (len(indices) - 1) / spread if spread > 0 else fps
+        return probe.get_batch(list(indices)).asnumpy(), rate
 
 
 def decode_image(uri: str, cfg: SamplingConfig) -> np.ndarray:
-    data = read_bytes(uri)
-    if not data:
-        raise MediaError(f"empty file: {uri}")
+    data = read_limited(uri, cfg.max_media_bytes)
     Image.MAX_IMAGE_PIXELS = cfg.max_image_pixels
     with Image.open(io.BytesIO(data)) as img:
         if img.width * img.height > cfg.max_image_pixels:
