@@ -1,8 +1,8 @@
 """Decode media into uint8 RGB frames on CPU workers: decord for video, PIL for images.
 
-Each object is read once: a remote video is copied into a local spool file that decord
-seeks in (and reopens at the target size without a second fetch), and every file's size
-is checked against `max_media_bytes` from its metadata before any byte is read.
+Each object is read once: a remote file is copied into a local spool file that decord seeks
+in (and reopens at the target size without a second fetch) and PIL reads lazily, and every
+file's size is checked against `max_media_bytes` from its metadata before any byte is read.
 
 Each row gets `frames` (packed uint8 [T, H, W, 3]; images have T = 1) and `fps`, the rate of
 those frames (the source rate over the sampling stride: the processor turns it into temporal
@@ -11,7 +11,6 @@ positions), or is marked failed with the reason. Nothing here raises for one bad
 
 from __future__ import annotations
 
-import io
 import time
 
 import numpy as np
@@ -21,7 +20,7 @@ from pipeline.config import DecodeIsolationConfig, SamplingConfig
 from pipeline.manifest import infer_media_type
 from pipeline.schema import FAILED, OK, RESULT_SCHEMA, is_present, mark_failed
 from pipeline.sandbox import run_isolated
-from pipeline.storage import MediaError, read_limited, spooled
+from pipeline.storage import MediaError, spooled
 from pipeline.tensors import pack
 
 __all__ = ["MediaError", "decode_media", "decode_row", "sample_indices"]
@@ -77,9 +76,8 @@ def decode_video(uri: str, cfg: SamplingConfig, start_s: float | None, end_s: fl
 
 
 def decode_image(uri: str, cfg: SamplingConfig) -> np.ndarray:
-    data = read_limited(uri, cfg.max_media_bytes)
     Image.MAX_IMAGE_PIXELS = cfg.max_image_pixels
-    with Image.open(io.BytesIO(data)) as img:
+    with spooled(uri, cfg.max_media_bytes) as path, Image.open(path) as img:  # reads the header only
         if img.width * img.height > cfg.max_image_pixels:
             raise MediaError(f"image is {img.width}x{img.height}, above max_image_pixels={cfg.max_image_pixels}")
         img = ImageOps.exif_transpose(img)

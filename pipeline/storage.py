@@ -162,19 +162,6 @@ def spooled(uri: str, max_bytes: int) -> Iterator[str]:
         os.unlink(local)
 
 
-def read_limited(uri: str, max_bytes: int) -> bytes:
-    """The whole file `uri`, after its size was checked against `max_bytes` from metadata."""
-    fs, path = resolve(uri)
-    object_size(fs, path, uri, max_bytes)
-    try:
-        with fs.open_input_stream(path) as f:
-            return f.read()
-    except FileNotFoundError:
-        raise FileNotFoundError(f"no such file: {uri}") from None
-    except OSError as exc:
-        raise StorageReadError(f"cannot read {uri}: {exc}") from exc
-
-
 def probe(uri: str, what: str) -> None:
     """Refuse to start when the store behind `uri` cannot be reached or its bucket is missing,
     before the job takes its lock or writes anything; a local path always passes."""

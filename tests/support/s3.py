@@ -3,6 +3,7 @@ TCP relay in front of it that can be cut, so an endpoint can go down and come ba
 
 from __future__ import annotations
 
+import json
 import os
 import selectors
 import socket
@@ -18,17 +19,23 @@ import pyarrow.fs as pafs
 from tests.support.cluster import free_port
 
 ACCESS_KEY, SECRET_KEY = "iwp-test-key", "iwp-test-secret"
+FORBIDDEN = "forbidden"  # with `checked_access`, the job's key may not read objects under */forbidden/
 
 
 class S3Server:
-    """`python -m moto.server` on 127.0.0.1; everything it stores lives in its memory."""
+    """`python -m moto.server` on 127.0.0.1; everything it stores lives in its memory.
 
-    def __init__(self, log: Path | None = None, env: dict[str, str] | None = None) -> None:
+    Without `checked_access` any key is accepted. With it, requests are signed and checked as
+    AWS does: `admin` may do anything, the job's key (`env()`) anything but read */forbidden/*,
+    which the server answers with 403 AccessDenied.
+    """
+
+    def __init__(self, log: Path | None = None, checked_access: bool = False) -> None:
         self.port = free_port()
         self.endpoint = f"http://127.0.0.1:{self.port}"
         out = open(log, "wb") if log else subprocess.DEVNULL
         self.proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
-                                     stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+                                     stdout=out, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 60
         while True:
             try:
@@ -39,15 +46,39 @@ class S3Server:
                     self.stop()
                     raise RuntimeError(f"the S3 server did not start (exit {self.proc.poll()})") from None
                 time.sleep(0.2)
+        self.admin = self.job = (ACCESS_KEY, SECRET_KEY)
+        if checked_access:
+            self._check_access()
 
-    def env(self, endpoint: str | None = None, key: str = ACCESS_KEY, secret: str = SECRET_KEY) -> dict[str, str]:
+    def _check_access(self) -> None:
+        import boto3
+
+        iam = boto3.client("iam", endpoint_url=self.endpoint, aws_access_key_id=ACCESS_KEY,
+                           aws_secret_access_key=SECRET_KEY, region_name="us-east-1")
+        allow = {"Effect": "Allow", "Action": "s3:*", "Resource": "*"}
+        deny = {"Effect": "Deny", "Action": "s3:GetObject", "Resource": f"arn:aws:s3:::*/{FORBIDDEN}/*"}
+        keys = []
+        for user, statements in (("admin", [allow]), ("job", [allow, deny])):
+            iam.create_user(UserName=user)
+            iam.put_user_policy(UserName=user, PolicyName="s3", PolicyDocument=json.dumps(
+                {"Version": "2012-10-17", "Statement": statements}))
+            key = iam.create_access_key(UserName=user)["AccessKey"]
+            keys.append((key["AccessKeyId"], key["SecretAccessKey"]))
+        self.admin, self.job = keys
+        request = urllib.request.Request(self.endpoint + "/moto-api/reset-auth", data=b"0", method="POST",
+                                         headers={"Content-Type": "text/plain"})
+        urllib.request.urlopen(request, timeout=10).close()
+
+    def env(self, endpoint: str | None = None) -> dict[str, str]:
         """The standard variables a job reads its credentials and endpoint from."""
+        key, secret = self.job
         return {"AWS_ENDPOINT_URL": endpoint or self.endpoint, "AWS_ACCESS_KEY_ID": key, "AWS_SECRET_ACCESS_KEY": secret,
                 "AWS_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}
 
     def filesystem(self) -> pafs.S3FileSystem:
         """An admin client that may create buckets (jobs never do)."""
-        return pafs.S3FileSystem(access_key=ACCESS_KEY, secret_key=SECRET_KEY, region="us-east-1",
+        key, secret = self.admin
+        return pafs.S3FileSystem(access_key=key, secret_key=secret, region="us-east-1",
                                  endpoint_override=self.endpoint, scheme="http", allow_bucket_creation=True)
 
     def bucket(self, name: str) -> str:
