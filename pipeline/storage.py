@@ -18,10 +18,11 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, quote, urlsplit
 
 import pyarrow.fs as pafs
 
+URI_CHARS = "/%:@!$&'()*+,;=-._~"  # besides letters and digits: left as they are in a URI's path
 CREDENTIAL_QUERY_KEYS = frozenset({"access_key", "secret_key", "session_token"})
 SPOOL_ROOT_NAME = "iwp-spool"
 COPY_CHUNK = 8 << 20  # bytes per read while spooling: a few large range reads, bounded memory
@@ -76,7 +77,12 @@ def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
         problem = credential_problem(uri)
         if problem:
             raise ValueError(f"{redact(uri)} {problem}")
-        return pafs.FileSystem.from_uri(uri)
+        location, query = uri.split("?", 1) if "?" in uri else (uri, None)
+        scheme, rest = location.split("://", 1)
+        # Object keys may hold spaces or non-ASCII letters, which a URI cannot: encode just those
+        # (pyarrow decodes them back); a key with a literal '?', '#' or '%' is written percent-encoded.
+        encoded = f"{scheme}://{quote(rest, safe=URI_CHARS)}" + ("" if query is None else f"?{query}")
+        return pafs.FileSystem.from_uri(encoded)
     return pafs.LocalFileSystem(), os.path.abspath(uri)
 
 

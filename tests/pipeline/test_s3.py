@@ -162,3 +162,132 @@ def test_endpoint_down_or_bucket_missing_at_start_is_exit_2(s3, bucket, tmp_path
     missing = subprocess.run(cmd, env=cli_env(**s3.env()), capture_output=True, text=True, timeout=300)
     assert missing.returncode == 2, missing.stderr[-3000:]
     assert "the bucket 'no-such-bucket-here' of the output s3://no-such-bucket-here/out does not exist" in missing.stderr
+
+
+def upload_manifest(s3: S3Server, rows: list[dict], uri: str) -> str:
+    table = pa.Table.from_pylist(rows, schema=pa.schema([("id", pa.string()), ("uri", pa.string()),
+                                                          ("start_s", pa.float64()), ("end_s", pa.float64())]))
+    pq.write_table(table, uri.removeprefix("s3://"), filesystem=s3.filesystem())
+    return uri
+
+
+def secrets_in(s3: S3Server, prefix: str, secret: str) -> list[str]:
+    fs = s3.filesystem()
+    found = []
+    for info in listing(s3, prefix):
+        with fs.open_input_stream(info.path) as f:
+            if secret.encode() in f.read():
+                found.append(info.path)
+    return found
+
+
+def test_whole_job_on_s3_rerun_fingerprint_and_lock(s3, bucket, media, tmp_path, tiny_model_dir):
+    """Manifest, media (the bad-media zoo too) and output on s3://; the job's key from the environment."""
+    big = tmp_path / "big.mp4"
+    big.write_bytes(os.urandom(300_000))
+    files = {"ok-video": media["video"], "ok-unicode": media["video_long"], "ok-image": media["image"],
+             "zero-byte": media["empty"], "corrupt": media["corrupt"], "truncated": media["truncated"],
+             "text": media["text"], "too-big": big}
+    rows = [{"id": i, "uri": s3.upload(p, f"{bucket}/media/{p.name}")} for i, p in files.items()]
+    rows[1].update(start_s=0.5, end_s=2.0)
+    rows.append({"id": "forbidden", "uri": s3.upload(media["video"], f"{bucket}/{FORBIDDEN}/clip.mp4")})
+    rows.append({"id": "missing", "uri": f"{bucket}/media/nowhere.mp4"})
+    manifest, output = upload_manifest(s3, rows, f"{bucket}/in/manifest.parquet"), f"{bucket}/out"
+    cmd = cli_command(manifest, output, tiny_model_dir, "--num-frames", "4", "--max-side", "56",
+                      "--max-media-bytes", "200000")
+    env = cli_env(**s3.env())
+    first = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stderr[-3000:]
+    table = results(s3, output)
+    got = {r["id"]: r for r in table.to_pylist()}
+    assert sorted(table["id"].to_pylist()) == sorted(r["id"] for r in rows)
+    assert {i for i, r in got.items() if r["status"] == "ok"} == {"ok-video", "ok-unicode", "ok-image"}
+    assert all(got[i]["caption"] for i in ("ok-video", "ok-unicode", "ok-image"))
+    expected = {"zero-byte": "MediaError", "corrupt": "MediaError", "truncated": "MediaError", "text": "MediaError",
+                "too-big": "MediaTooLargeError", "forbidden": "StorageReadError", "missing": "FileNotFoundError"}
+    assert {i: got[i]["error_type"] for i in expected} == expected
+    uris = {r["id"]: r["uri"] for r in rows}
+    assert got["forbidden"]["error"].startswith(f"cannot read {uris['forbidden']}: ")
+    assert "ACCESS_DENIED" in got["forbidden"]["error"]
+    assert got["missing"]["error"] == f"no such file: {uris['missing']}"
+    names = {i.base_name for i in listing(s3, output)}
+    assert any(n.endswith(".log") for n in names) and any(n.endswith(".json") for n in names)  # run log and record
+    assert "_lock.json" not in names
+    secret = s3.env()["AWS_SECRET_ACCESS_KEY"]
+    assert secret not in first.stdout + first.stderr and secrets_in(s3, output, secret) == []
+
+    again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"{len(rows)} already done, skipped" in again.stdout
+    assert len(results(s3, output)) == len(rows)
+
+    changed = subprocess.run(cmd + ["--num-frames", "2"], env=env, capture_output=True, text=True, timeout=600)
+    assert changed.returncode == 2 and "different configuration" in changed.stderr, changed.stderr[-3000:]
+
+    holder = {"run_id": "other-run", "pid": 1, "host": "another-host", "since": 0}
+    with s3.filesystem().open_output_stream(f"{output.removeprefix('s3://')}/_lock.json") as f:
+        f.write(json.dumps(holder).encode())
+    locked = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert locked.returncode == 2, locked.stderr[-3000:]
+    assert "is being written by run other-run (pid 1 on another-host)" in locked.stderr
+    assert len(results(s3, output)) == len(rows)
+
+
+def s3_media_manifest(s3: S3Server, bucket: str, root: Path, count: int) -> str:
+    """`tests.support.faults.media_manifest`'s items, uploaded, in a manifest on S3."""
+    local = pq.read_table(media_manifest(root, count)).to_pylist()
+    rows = [{"id": r["id"], "uri": s3.upload(r["uri"], f"{bucket}/media/{Path(r['uri']).name}")} for r in local]
+    return upload_manifest(s3, rows, f"{bucket}/in/manifest.parquet")
+
+
+def test_killed_driver_resumes_on_s3_without_loss_or_duplicates(s3, bucket, tmp_path, tiny_model_dir):
+    count = 32
+    manifest, output = s3_media_manifest(s3, bucket, tmp_path, count), f"{bucket}/out"
+    cmd, env = cli_command(manifest, output, tiny_model_dir), cli_env(**s3.env())
+    first = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        wait_for(lambda: len(results(s3, output)) or first.poll() is not None, 300, "the first result object")
+        assert first.poll() is None, "the first run finished before it could be killed"
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait(timeout=60)
+    done = len(results(s3, output))
+    assert 0 < done < count
+    second = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert f"{done} already done, skipped" in second.stdout
+    table = results(s3, output)
+    assert len(table) == len(set(table["id"].to_pylist())) == count
+    assert set(table["status"].to_pylist()) == {"ok"}
+
+
+def test_endpoint_down_mid_run_is_exit_4_and_the_rerun_completes(s3, bucket, relay, tmp_path, tiny_model_dir):
+    count = 32
+    manifest, output = s3_media_manifest(s3, bucket, tmp_path, count), f"{bucket}/out"
+    cmd = cli_command(manifest, output, tiny_model_dir)
+    log = tmp_path / "first.log"
+    with open(log, "w") as err:
+        first = subprocess.Popen(cmd, env=cli_env(**s3.env(relay.endpoint)), stdout=err, stderr=err,
+                                 start_new_session=True)
+        try:
+            wait_for(lambda: len(results(s3, output)) or first.poll() is not None, 300, "the first result object")
+            assert first.poll() is None, "the first run finished before the endpoint went down"
+            relay.down()
+            code = first.wait(timeout=400)
+        finally:
+            if first.poll() is None:
+                os.killpg(first.pid, signal.SIGKILL)
+    text = log.read_text()
+    assert code == 4, text[-3000:]
+    assert f"iwp-annotate: output storage error: cannot write {output}/" in text, text[-3000:]
+    partial = results(s3, output)  # every object there is whole: each PUT appears complete or not at all
+    assert 0 < len(partial) < count and len(set(partial["id"].to_pylist())) == len(partial)
+    assert set(partial["status"].to_pylist()) == {"ok"}
+
+    relay.up()
+    second = subprocess.run(cmd, env=cli_env(**s3.env(relay.endpoint)), capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert f"{len(partial)} already done, skipped" in second.stdout
+    table = results(s3, output)
+    assert len(table) == len(set(table["id"].to_pylist())) == count
+    assert set(table["status"].to_pylist()) == {"ok"}
