@@ -135,19 +135,6 @@ def test_spool_folders_of_dead_processes_are_removed(monkeypatch, tmp_path):
     assert not left.exists() and alive.exists()
 
 
-def test_credentials_in_a_uri_are_refused_without_echoing_them():
-    from jobs.spec import SpecError, parse_spec
-
-    for uri in ("s3://AKIAEXAMPLE:verysecret@bucket/m.parquet", "s3://bucket/m.parquet?secret_key=verysecret&access_key=a"):
-        with pytest.raises(ValueError, match="carries credentials") as resolved:
-            storage.resolve(uri)
-        with pytest.raises(SpecError) as refused:  # what the CLI prints for a spec or a flag
-            parse_spec(json.dumps({"input": uri, "output": "out", "model": {"path": "m"}}))
-        assert "input: carries credentials" in str(refused.value)
-        assert "verysecret" not in str(resolved.value) + str(refused.value)
-    assert storage.credential_problem("s3://bucket/out?region=eu-west-1&endpoint_override=minio:9000&scheme=http") is None
-
-
 def test_endpoint_down_or_bucket_missing_at_start_is_exit_2(s3, bucket, tmp_path, tiny_model_dir):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -241,9 +228,9 @@ def s3_media_manifest(s3: S3Server, bucket: str, root: Path, count: int) -> str:
 
 
 def test_killed_driver_resumes_on_s3_without_loss_or_duplicates(s3, bucket, tmp_path, tiny_model_dir):
-    count = 32
+    count = 48
     manifest, output = s3_media_manifest(s3, bucket, tmp_path, count), f"{bucket}/out"
-    cmd, env = cli_command(manifest, output, tiny_model_dir), cli_env(**s3.env())
+    cmd, env = cli_command(manifest, output, tiny_model_dir, "--rows-per-call", "4"), cli_env(**s3.env())
     first = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         wait_for(lambda: len(results(s3, output)) or first.poll() is not None, 300, "the first result object")
@@ -262,9 +249,9 @@ def test_killed_driver_resumes_on_s3_without_loss_or_duplicates(s3, bucket, tmp_
 
 
 def test_endpoint_down_mid_run_is_exit_4_and_the_rerun_completes(s3, bucket, relay, tmp_path, tiny_model_dir):
-    count = 32
+    count = 48
     manifest, output = s3_media_manifest(s3, bucket, tmp_path, count), f"{bucket}/out"
-    cmd = cli_command(manifest, output, tiny_model_dir)
+    cmd = cli_command(manifest, output, tiny_model_dir, "--rows-per-call", "4")
     log = tmp_path / "first.log"
     with open(log, "w") as err:
         first = subprocess.Popen(cmd, env=cli_env(**s3.env(relay.endpoint)), stdout=err, stderr=err,

@@ -4,7 +4,6 @@ TCP relay in front of it that can be cut, so an endpoint can go down and come ba
 from __future__ import annotations
 
 import json
-import os
 import selectors
 import socket
 import subprocess
