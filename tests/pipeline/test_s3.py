@@ -278,3 +278,23 @@ def test_endpoint_down_mid_run_is_exit_4_and_the_rerun_completes(s3, bucket, rel
     table = results(s3, output)
     assert len(table) == len(set(table["id"].to_pylist())) == count
     assert set(table["status"].to_pylist()) == {"ok"}
+
+
+def test_lock_on_s3_refuses_a_live_holder_takes_over_a_dead_one_and_is_released(s3, bucket, monkeypatch):
+    from pipeline.lock import LOCK_NAME, OutputLockedError, output_lock
+
+    use(monkeypatch, s3.env())
+    output = f"{bucket}/out"
+    key = f"{output.removeprefix('s3://')}/{LOCK_NAME}"
+    with output_lock(output, "first"):
+        with pytest.raises(OutputLockedError, match=r"being written by run first \(pid \d+ on "):
+            with output_lock(output, "second"):
+                pass
+    assert [i.base_name for i in listing(s3, output)] == []
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    with s3.filesystem().open_output_stream(key) as f:
+        f.write(json.dumps({"run_id": "killed", "pid": dead.pid, "host": socket.gethostname()}).encode())
+    with output_lock(output, "third"):
+        with s3.filesystem().open_input_stream(key) as f:
+            assert json.loads(f.read())["run_id"] == "third"
