@@ -298,3 +298,14 @@ def test_lock_on_s3_refuses_a_live_holder_takes_over_a_dead_one_and_is_released(
     with output_lock(output, "third"):
         with s3.filesystem().open_input_stream(key) as f:
             assert json.loads(f.read())["run_id"] == "third"
+
+
+def test_job_spec_file_on_s3(s3, bucket, monkeypatch, tmp_path, tiny_model_dir):
+    from jobs.spec import load_spec
+
+    use(monkeypatch, s3.env())
+    spec = tmp_path / "job.yaml"
+    spec.write_text(f"input: {bucket}/in/m.parquet\noutput: {bucket}/out\nmodel:\n  path: {tiny_model_dir}\n"
+                    "sampling:\n  max_media_bytes: 1000000\n")
+    cfg = load_spec(s3.upload(spec, f"{bucket}/specs/job.yaml"))
+    assert (cfg.input, cfg.output, cfg.sampling.max_media_bytes) == (f"{bucket}/in/m.parquet", f"{bucket}/out", 1_000_000)
