@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from urllib.parse import parse_qs, quote, urlsplit
 
@@ -92,13 +92,18 @@ def read_bytes(uri: str) -> bytes:
         return f.read()
 
 
+def _info(fs: pafs.FileSystem, path: str, failure: Callable[[OSError], Exception]) -> pafs.FileInfo:
+    """`path`'s metadata; a store that cannot answer raises `failure(its error)`."""
+    try:
+        return fs.get_file_info(path)
+    except OSError as exc:
+        raise failure(exc) from exc
+
+
 def object_size(fs: pafs.FileSystem, path: str, uri: str, max_bytes: int) -> int:
     """The size of the file `uri` from its metadata (0 for a local pipe or device, which has
     none); refuses a missing, empty or oversized one before anything is read from it."""
-    try:
-        info = fs.get_file_info(path)
-    except OSError as exc:
-        raise StorageReadError(f"cannot read {uri}: {exc}") from exc
+    info = _info(fs, path, lambda exc: StorageReadError(f"cannot read {uri}: {exc}"))
     if info.type == pafs.FileType.NotFound:
         raise FileNotFoundError(f"no such file: {uri}")
     if info.type == pafs.FileType.Unknown:  # a pipe or device: no size to check; the decode timeout guards it
@@ -177,10 +182,7 @@ def probe(uri: str, what: str) -> None:
     if isinstance(fs, pafs.LocalFileSystem):
         return
     bucket = path.split("/", 1)[0]
-    try:
-        info = fs.get_file_info(bucket)
-    except OSError as exc:
-        raise StorageUnavailableError(f"cannot reach the store of the {what} {uri}: {exc}") from exc
+    info = _info(fs, bucket, lambda exc: StorageUnavailableError(f"cannot reach the store of the {what} {uri}: {exc}"))
     if info.type == pafs.FileType.NotFound:
         raise StorageUnavailableError(f"the bucket {bucket!r} of the {what} {uri} does not exist")
 
