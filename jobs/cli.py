@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     from pipeline.quarantine import ModelBroken
     from pipeline.run import run_pipeline
     from pipeline.sink import FingerprintMismatchError
-    from pipeline.storage import OutputStorageError
+    from pipeline.storage import OutputStorageError, StorageUnavailableError
 
     if args.command in SUBMIT_COMMANDS:
         return run_submit_command(args)
@@ -140,7 +140,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"iwp-annotate: output storage error: {exc}; results written so far are kept, free space or fix "
               "the mount and rerun the same command to finish", file=sys.stderr)
         return 4
-    except (UsageError, SpecError, ManifestError, FileNotFoundError, FingerprintMismatchError, OutputLockedError) as exc:
+    except (UsageError, SpecError, ManifestError, FileNotFoundError, FingerprintMismatchError, OutputLockedError,
+            StorageUnavailableError) as exc:
         print(f"iwp-annotate: error: {exc}", file=sys.stderr)
         return 2
     except ValidationError as exc:

@@ -39,6 +39,7 @@ NAMES: dict[str, str] = {
     "sampling.fps": "fps",
     "sampling.max_side": "max-side",
     "sampling.max_image_pixels": "max-image-pixels",
+    "sampling.max_media_bytes": "max-media-bytes",
     "generation.max_new_tokens": "max-new-tokens",
     "generation.prompt": "prompt",
     "generation.video_prompt": "video-prompt",

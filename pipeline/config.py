@@ -9,6 +9,7 @@ from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
+from pipeline.storage import credential_problem
 from pipeline.tags import default_tag_prompt, vocabulary_problem
 
 
@@ -25,6 +26,9 @@ class SamplingConfig(_Strict):
     max_image_pixels: int = Field(
         100_000_000, ge=1, description="images above this many pixels are refused as failed rows"
     )
+    max_media_bytes: int = Field(
+        4 << 30, ge=1, description="media files larger than this are refused as failed rows, from their size alone "
+                                   "(nothing is read); also bounds a remote video's local spool file")
 
 
 class ModelConfig(_Strict):
@@ -193,6 +197,14 @@ class PipelineConfig(_Strict):
     @classmethod
     def _output_path(cls, value: object) -> object:
         return {"path": value} if isinstance(value, str) else value
+
+    @field_validator("input", "output")
+    @classmethod
+    def _no_credentials(cls, uri: str) -> str:
+        problem = credential_problem(uri)
+        if problem:
+            raise ValueError(problem)
+        return uri
 
     @field_validator("metrics", mode="before")
     @classmethod

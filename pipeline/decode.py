@@ -1,5 +1,9 @@
 """Decode media into uint8 RGB frames on CPU workers: decord for video, PIL for images.
 
+Each object is read once: a remote file is copied into a local spool file that decord seeks
+in (and reopens at the target size without a second fetch) and PIL reads lazily, and every
+file's size is checked against `max_media_bytes` from its metadata before any byte is read.
+
 Each row gets `frames` (packed uint8 [T, H, W, 3]; images have T = 1) and `fps`, the rate of
 those frames (the source rate over the sampling stride: the processor turns it into temporal
 positions), or is marked failed with the reason. Nothing here raises for one bad item.
@@ -7,7 +11,6 @@ positions), or is marked failed with the reason. Nothing here raises for one bad
 
 from __future__ import annotations
 
-import io
 import time
 
 import numpy as np
@@ -17,12 +20,10 @@ from pipeline.config import DecodeIsolationConfig, SamplingConfig
 from pipeline.manifest import infer_media_type
 from pipeline.schema import FAILED, OK, RESULT_SCHEMA, is_present, mark_failed
 from pipeline.sandbox import run_isolated
-from pipeline.storage import read_bytes, resolve
+from pipeline.storage import MediaError, spooled
 from pipeline.tensors import pack
 
-
-class MediaError(ValueError):
-    """The file exists but is not usable media (empty, wrong kind, bad clip window)."""
+__all__ = ["MediaError", "decode_media", "decode_row", "sample_indices"]
 
 
 def _scaled(height: int, width: int, max_side: int) -> tuple[int, int]:
@@ -30,25 +31,35 @@ def _scaled(height: int, width: int, max_side: int) -> tuple[int, int]:
     return max(1, round(height * scale)), max(1, round(width * scale))
 
 
-def _open_video(uri: str, **kwargs):
+class _DecordRefused(MediaError):
+    """decord could not open the file; PyAV gets a try (AV1, for one, decord cannot decode)."""
+
+
+def _open_video(path: str, uri: str, **kwargs):
     import decord
 
-    fs, path = resolve(uri)
-    if fs.type_name == "local":
-        info = fs.get_file_info(path)
-        if info.type.name == "NotFound":
-            raise FileNotFoundError(f"no such file: {uri}")
-        if info.type.name != "File":
-            raise MediaError(f"not a file: {uri}")
-        if info.size == 0:
-            raise MediaError(f"empty file: {uri}")
-        source = path
-    else:
-        source = io.BytesIO(read_bytes(uri))
     try:
-        return decord.VideoReader(source, ctx=decord.cpu(0), num_threads=1, **kwargs)
+        return decord.VideoReader(path, ctx=decord.cpu(0), num_threads=1, **kwargs)
     except (RuntimeError, decord.DECORDError) as exc:  # how decord reports demuxer/decoder failures
-        raise MediaError(f"cannot decode video {uri}: {str(exc).splitlines()[0]}") from exc
+        raise _DecordRefused(f"cannot decode video {uri}: {str(exc).splitlines()[0]}") from exc
+
+
+def _display_rotation(path: str) -> int:
+    """Degrees counterclockwise that the container asks players to turn the picture (a phone's
+    display matrix), as one of 0, 90, 180, 270; 0 when PyAV cannot read a frame. decord turns
+    its frames itself; PyAV hands them over as stored."""
+    import av
+
+    try:
+        with av.open(path) as container:
+            frame = next(container.decode(video=0), None)
+    except (av.FFmpegError, IndexError, ValueError):
+        return 0
+    return 0 if frame is None else int(round(frame.rotation / 90) * 90) % 360
+
+
+def _upright(frames: np.ndarray, rotation: int) -> np.ndarray:
+    return frames if rotation == 0 else np.ascontiguousarray(np.rot90(frames, rotation // 90, axes=(1, 2)))
 
 
 def sample_indices(num_total: int, fps: float, num_frames: int, start_s: float | None, end_s: float | None,
@@ -70,27 +81,70 @@ def sample_indices(num_total: int, fps: float, num_frames: int, start_s: float |
     return np.linspace(first, last, count).round().astype(np.int64)
 
 
-def decode_video(uri: str, cfg: SamplingConfig, start_s: float | None, end_s: float | None) -> tuple[np.ndarray, float]:
-    probe = _open_video(uri)
+def _rate(fps: float, indices: np.ndarray) -> float:
+    spread = int(indices[-1] - indices[0])
+    return fps * (len(indices) - 1) / spread if spread > 0 else fps
+
+
+def _decode_decord(path: str, uri: str, cfg: SamplingConfig, start_s: float | None,
+                   end_s: float | None) -> tuple[np.ndarray, float]:
+    probe = _open_video(path, uri)
     if len(probe) == 0:
         raise MediaError(f"video has no frames: {uri}")
     height, width = probe[0].shape[:2]
     fps = float(probe.get_avg_fps())
     indices = sample_indices(len(probe), fps, cfg.num_frames, start_s, end_s, cfg.fps)
-    if max(height, width) > cfg.max_side:
-        h, w = _scaled(height, width, cfg.max_side)
-        probe = _open_video(uri, width=w, height=h)
-    spread = int(indices[-1] - indices[0])
-    rate = fps * (len(indices) - 1) / spread if spread > 0 else fps
-    return probe.get_batch(list(indices)).asnumpy(), rate
+    if max(height, width) <= cfg.max_side:
+        return probe.get_batch(list(indices)).asnumpy(), _rate(fps, indices)
+    h, w = _scaled(height, width, cfg.max_side)
+    if _display_rotation(path) in (90, 270):  # decord resizes turned clips into the wrong shape: resize here
+        frames = probe.get_batch(list(indices)).asnumpy()
+        return np.stack([np.asarray(Image.fromarray(f).resize((w, h), Image.BILINEAR)) for f in frames]), _rate(fps, indices)
+    probe = _open_video(path, uri, width=w, height=h)  # the local file again, never a second fetch
+    return probe.get_batch(list(indices)).asnumpy(), _rate(fps, indices)
+
+
+def _decode_pyav(path: str, uri: str, cfg: SamplingConfig, start_s: float | None, end_s: float | None,
+                 refused: MediaError) -> tuple[np.ndarray, float]:
+    """Decode in order up to the last wanted frame: slower than decord's seeking, so only for
+    what decord cannot open; fails with decord's reason when PyAV cannot either."""
+    import av
+
+    try:
+        with av.open(path) as container:
+            stream = container.streams.video[0]
+            fps = float(stream.average_rate or stream.guessed_rate or 0)
+            total = sum(1 for packet in container.demux(stream) if packet.size)
+        if total == 0:
+            raise MediaError(f"video has no frames: {uri}")
+        indices = sample_indices(total, fps, cfg.num_frames, start_s, end_s, cfg.fps)
+        wanted, frames = set(indices.tolist()), []
+        with av.open(path) as container:
+            for i, frame in enumerate(container.decode(video=0)):
+                if i in wanted:
+                    h, w = _scaled(frame.height, frame.width, cfg.max_side)
+                    frames.append(frame.to_ndarray(width=w, height=h, format="rgb24"))
+                if i >= indices[-1]:
+                    break
+    except (av.FFmpegError, IndexError) as exc:
+        raise refused from exc
+    if not frames:
+        raise refused
+    return _upright(np.stack(frames), _display_rotation(path)), _rate(fps, indices[: len(frames)])
+
+
+def decode_video(uri: str, cfg: SamplingConfig, start_s: float | None, end_s: float | None) -> tuple[np.ndarray, float]:
+    with spooled(uri, cfg.max_media_bytes) as path:
+        try:
+            frames, rate = _decode_decord(path, uri, cfg, start_s, end_s)
+        except _DecordRefused as refused:
+            frames, rate = _decode_pyav(path, uri, cfg, start_s, end_s, MediaError(str(refused)))
+        return frames, rate
 
 
 def decode_image(uri: str, cfg: SamplingConfig) -> np.ndarray:
-    data = read_bytes(uri)
-    if not data:
-        raise MediaError(f"empty file: {uri}")
     Image.MAX_IMAGE_PIXELS = cfg.max_image_pixels
-    with Image.open(io.BytesIO(data)) as img:
+    with spooled(uri, cfg.max_media_bytes) as path, Image.open(path) as img:  # reads the header only
         if img.width * img.height > cfg.max_image_pixels:
             raise MediaError(f"image is {img.width}x{img.height}, above max_image_pixels={cfg.max_image_pixels}")
         img = ImageOps.exif_transpose(img)

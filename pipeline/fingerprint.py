@@ -38,7 +38,7 @@ def run_fingerprint(cfg: PipelineConfig) -> str:
         "task": cfg.task.kind,
         "generation": cfg.generation.model_dump(),
         "pruning": cfg.pruning.model_dump(),
-        "sampling": cfg.sampling.model_dump(),
+        "sampling": cfg.sampling.model_dump(exclude={"max_media_bytes"}),  # a cap refuses items, never shapes a row
     }
     blob = json.dumps(payload, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:16]

@@ -3,9 +3,15 @@
 A second run that starts while another holds the output refuses at once, naming the
 holder, rather than waiting: scheduled jobs retry on their next tick, and a person sees
 why. On a local or network filesystem the lock is an exclusive create; a lock whose
-process is gone (same host, dead pid) is taken over. Object stores have no exclusive
-create through pyarrow, so there the lock is best effort (check, then write) and the
-scheduler's own exclusion (CronJob `concurrencyPolicy: Forbid`) is the real guard.
+process is gone (same host, dead pid) is taken over.
+
+On object stores the lock is best effort: pyarrow's S3 and GCS filesystems offer no
+conditional create (S3 `If-None-Match: *`), so the lock is check, write, then read back.
+The read-back refuses the later of two runs whose writes did not overlap, but two runs
+that both check before either writes can both proceed; the scheduler's own exclusion
+(CronJob `concurrencyPolicy: Forbid`) is the real guard there. A lock on an object store
+cannot tell a live holder from a dead one on another host: a run killed there leaves
+`_lock.json` for a person (or the same host's next run) to remove.
 """
 
 from __future__ import annotations
@@ -83,15 +89,20 @@ def _acquire(fs: pafs.FileSystem, root: str, path: str, output: str, run_id: str
             if not holder:
                 with fs.open_output_stream(path) as f:
                     f.write(blob)
-                break
+                holder = _read(fs, path)  # of runs that wrote after one check, the last writer wins
+                if holder.get("run_id") == run_id:
+                    break
+                raise OutputLockedError(_busy(output, holder, path))
         if holder and _holder_alive(holder):
-            raise OutputLockedError(
-                f"output {output!r} is being written by run {holder.get('run_id')} (pid {holder.get('pid')} on "
-                f"{holder.get('host')}); wait for it to finish, or delete {path} if that run is gone"
-            )
+            raise OutputLockedError(_busy(output, holder, path))
         fs.delete_file(path)
     else:
         raise OutputLockedError(f"could not take the lock {path}: another run took it at the same moment")
+
+
+def _busy(output: str, holder: dict, path: str) -> str:
+    return (f"output {output!r} is being written by run {holder.get('run_id')} (pid {holder.get('pid')} on "
+            f"{holder.get('host')}); wait for it to finish, or delete {path} if that run is gone")
 
 
 def _release(fs: pafs.FileSystem, path: str, run_id: str) -> None:

@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipeline.storage import resolve
+from pipeline.storage import credential_problem, resolve
 
 REQUIRED = ("id", "uri")
 OPTIONAL_TYPES: dict[str, pa.DataType] = {
@@ -87,6 +87,11 @@ def validate_manifest(table: pa.Table, source: str = "manifest") -> pa.Table:
     if pc.any(empty).as_py():
         rows = pc.indices_nonzero(empty).to_pylist()[:5]
         raise ManifestError(f"{source}: column 'id' is null or empty at row(s) {rows}")
+    suspect = pc.fill_null(pc.match_substring_regex(table["uri"], r"@|(?i)access_key|secret_key|session_token"), False)
+    problems = {i: credential_problem(table["uri"][i].as_py()) for i in pc.indices_nonzero(suspect).to_pylist()}
+    leaking = [i for i, problem in problems.items() if problem]
+    if leaking:  # refused as a whole: a failed row would copy the secret into the output
+        raise ManifestError(f"{source}: column 'uri' at row(s) {leaking[:5]} {problems[leaking[0]]}")
     counts = pc.value_counts(table["id"])
     dup = counts.filter(pc.greater(counts.field("counts"), 1)).field("values").to_pylist()
     if dup:

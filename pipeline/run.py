@@ -30,7 +30,7 @@ from pipeline.quarantine import CrashLedger, ModelBroken, crash_dir
 from pipeline.runlog import RunRecord, write_record
 from pipeline.sink import (RESULTS_DIR, Summary, fill_missing, plan_resume, read_results, reconcile, subdir, summarise,
                            sweep_temporary, write_batch)
-from pipeline.storage import OutputStorageError, storage_error
+from pipeline.storage import OutputStorageError, probe, storage_error
 from pipeline.stages import run_stage
 
 
@@ -215,6 +215,8 @@ def _run(cfg: PipelineConfig, retry_failed: bool, metrics_port: int | None, prog
          observer: RunObserver | None, started: float) -> RunReport:
     if not os.path.isdir(cfg.model.path):
         raise FileNotFoundError(f"model directory {cfg.model.path!r} does not exist")
+    probe(cfg.input, "manifest")
+    probe(cfg.output, "output")
     manifest = read_manifest(cfg.input)
     if len(manifest) == 0:
         raise ManifestError(f"manifest {cfg.input!r} has no rows")

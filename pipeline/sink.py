@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import uuid
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,6 +36,7 @@ from pipeline.storage import OutputStorageError, resolve
 
 RESULTS_DIR, DEAD_LETTER_DIR, QUARANTINE_DIR = "results", "dead_letter", "quarantine"
 TMP_PREFIX = ".tmp-"  # a file being written; never read as a result (readers take only part-*.parquet)
+READERS = 16  # result files read at once: on an object store each read is a few round trips of waiting
 PROGRESS_COLUMNS = ("id", "status", "error_type", "stage", "media_type", "num_frames", "num_visual_tokens",
                     "num_kept_tokens", "weight_fidelity", "latency_s")
 
@@ -121,18 +123,26 @@ def _quarantine(fs: pafs.FileSystem, path: str, output: str) -> None:
 
 
 def read_results(output: str, columns: list[str] | None = None, *, with_location: bool = False) -> pa.Table:
-    """All result rows; unreadable files are moved to quarantine so their ids get redone.
+    """All result rows (of `columns` only, if given) from one listing; unreadable files are
+    moved to quarantine so their ids get redone. Files are read concurrently.
 
     `with_location` adds `_file` and `_row` (position in that file), which is what a
     rewrite needs to remove exact rows.
     """
     fs, paths = _files(output, RESULTS_DIR)
     names = columns or RESULT_SCHEMA.names
-    tables = []
-    for path in paths:
+
+    def read(path: str) -> pa.Table | None:
         try:
-            t = pq.read_table(path, filesystem=fs, schema=RESULT_SCHEMA, columns=names)
+            return pq.read_table(path, filesystem=fs, schema=RESULT_SCHEMA, columns=names)
         except (pa.ArrowInvalid, OSError):
+            return None
+
+    with ThreadPoolExecutor(READERS) as pool:
+        read_back = list(pool.map(read, paths))
+    tables = []
+    for path, t in zip(paths, read_back):
+        if t is None:
             _quarantine(fs, path, output)
             continue
         if with_location:

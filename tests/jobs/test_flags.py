@@ -41,6 +41,7 @@ SAMPLES: dict[str, tuple[Any, Any, dict[str, Any]]] = {
     "sampling.fps": (2.5, 0, {}),
     "sampling.max_side": (224, 1, {}),
     "sampling.max_image_pixels": (1000, 0, {}),
+    "sampling.max_media_bytes": (1 << 20, 0, {}),
     "generation.max_new_tokens": (7, 0, {}),
     "generation.prompt": ("p .", None, {}),
     "generation.video_prompt": ("v .", None, {}),

@@ -115,3 +115,12 @@ def test_a_million_row_manifest_plans_quickly_without_touching_media(tmp_path, r
     assert len(todo) == n and sum(len(b) for b in blocks) == n and len(blocks) <= 1000
     assert dataset.num_blocks() == len(blocks)
     assert took < 60, f"planning 1M rows took {took:.1f} s"
+
+
+def test_uris_carrying_credentials_refuse_the_manifest_without_echoing_them():
+    table = pa.table({"id": ["a", "b", "c"], "uri": ["s3://b/at@sign.mp4", "s3://AKIA:topsecret@b/y.png",
+                                                     "s3://b/z.mp4?region=x&Secret_Key=topsecret"]})
+    with pytest.raises(ManifestError, match=r"column 'uri' at row\(s\) \[1, 2\] carries credentials") as refused:
+        validate_manifest(table)
+    assert "topsecret" not in str(refused.value)
+    assert validate_manifest(table.slice(0, 1)).num_rows == 1

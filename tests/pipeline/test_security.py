@@ -1,9 +1,11 @@
 """Security basics that can be tested here: no remote code unless asked, no unsafe deserialising,
-no dashboard in local mode, and credentials from the environment never written anywhere."""
+no dashboard in local mode, and credentials from the environment never written anywhere (for a
+job on S3 too: tests/pipeline/test_s3.py), nor accepted inside a URI."""
 
 from __future__ import annotations
 
 import http.server
+import json
 import re
 import subprocess
 import sys
@@ -11,6 +13,8 @@ import tempfile
 import textwrap
 import threading
 from pathlib import Path
+
+import pytest
 
 from pipeline.config import ModelConfig, PipelineConfig
 from tests.support.faults import cli_command, cli_env, media_manifest, tally
@@ -119,3 +123,17 @@ def test_object_store_credentials_never_reach_results_logs_run_log_or_metrics(tm
     assert leaks == []
     assert SECRET not in r.stdout + r.stderr
     assert not any(SECRET.encode() in body for body in PushRecorder.bodies)
+
+
+def test_credentials_in_a_uri_are_refused_without_echoing_them():
+    from jobs.spec import SpecError, parse_spec
+    from pipeline.storage import credential_problem, resolve
+
+    for uri in ("s3://AKIAEXAMPLE:verysecret@bucket/m.parquet", "s3://bucket/m.parquet?secret_key=verysecret&access_key=a"):
+        with pytest.raises(ValueError, match="carries credentials") as resolved:
+            resolve(uri)
+        with pytest.raises(SpecError) as refused:  # what the CLI prints for a spec or a flag
+            parse_spec(json.dumps({"input": uri, "output": "out", "model": {"path": "m"}}))
+        assert "input: carries credentials" in str(refused.value)
+        assert "verysecret" not in str(resolved.value) + str(refused.value)
+    assert credential_problem("s3://bucket/out?region=eu-west-1&endpoint_override=minio:9000&scheme=http") is None
