@@ -173,6 +173,18 @@ class OutputConfig(_Strict):
     record_kept_tokens: bool = Field(False, description="write kept_token_indices (which visual tokens pruning kept, "
                                                         "with the token grid) for the report's overlay")
 
+    @field_validator("path")
+    @classmethod
+    def _no_credentials(cls, uri: str) -> str:
+        return _without_credentials(uri)
+
+
+def _without_credentials(uri: str) -> str:
+    problem = credential_problem(uri)
+    if problem:
+        raise ValueError(problem)
+    return uri
+
 
 class PipelineConfig(_Strict):
     """One annotation run, as `pipeline.run.run_pipeline` takes it."""
@@ -198,13 +210,10 @@ class PipelineConfig(_Strict):
     def _output_path(cls, value: object) -> object:
         return {"path": value} if isinstance(value, str) else value
 
-    @field_validator("input", "output")
+    @field_validator("input")
     @classmethod
     def _no_credentials(cls, uri: str) -> str:
-        problem = credential_problem(uri)
-        if problem:
-            raise ValueError(problem)
-        return uri
+        return _without_credentials(uri)
 
     @field_validator("metrics", mode="before")
     @classmethod

@@ -216,7 +216,7 @@ def _run(cfg: PipelineConfig, retry_failed: bool, metrics_port: int | None, prog
     if not os.path.isdir(cfg.model.path):
         raise FileNotFoundError(f"model directory {cfg.model.path!r} does not exist")
     probe(cfg.input, "manifest")
-    probe(cfg.output, "output")
+    probe(cfg.output.path, "output")
     manifest = read_manifest(cfg.input)
     if len(manifest) == 0:
         raise ManifestError(f"manifest {cfg.input!r} has no rows")

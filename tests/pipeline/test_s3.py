@@ -308,4 +308,4 @@ def test_job_spec_file_on_s3(s3, bucket, monkeypatch, tmp_path, tiny_model_dir):
     spec.write_text(f"input: {bucket}/in/m.parquet\noutput: {bucket}/out\nmodel:\n  path: {tiny_model_dir}\n"
                     "sampling:\n  max_media_bytes: 1000000\n")
     cfg = load_spec(s3.upload(spec, f"{bucket}/specs/job.yaml"))
-    assert (cfg.input, cfg.output, cfg.sampling.max_media_bytes) == (f"{bucket}/in/m.parquet", f"{bucket}/out", 1_000_000)
+    assert (cfg.input, cfg.output.path, cfg.sampling.max_media_bytes) == (f"{bucket}/in/m.parquet", f"{bucket}/out", 1_000_000)
