@@ -34,13 +34,14 @@ from torch import Tensor, nn
 
 from ..budget import adaptive_budget
 from ..fidelity import unchecked_fidelity
-from ..methods import lookup
+from ..methods import hook_inputs, lookup
+from ..request import Request
 from ..select import select_tokens, select_trusted
 from .families import Family, family_of
 
 _DEFAULTS: dict[str, Any] = dict(method="iwp", layer=2, keep_ratio=0.222, keep_tokens=None, fidelity_target=None,
                                  min_tokens=1, max_tokens=None, query_tokens=1, query_aware=False, rotary_keys=True,
-                                 record_fidelity=True, options={})
+                                 record_fidelity=True, attention_layer=None, per_frame=False, options={})
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,9 @@ class _Call:
     kept_mask: Tensor | None = None
     order: Tensor | None = None
     rotary: tuple[Tensor, Tensor] | None = None
+    # The input hidden states and rotary tables of the attention layer (FastV's and DART's K−1).
+    prior: tuple[Tensor, tuple[Tensor, Tensor]] | None = None
+    frame_ids: Tensor | None = None
     overrides: dict[str, Any] = field(default_factory=dict)
 
 
@@ -134,7 +138,12 @@ class PruningHandle:
         eq. 10; FastV always gets them), `rotary_keys` (score with keys, and queries, after the
         rotary embedding, the paper's default: positions then enter IWP's duplication term, while
         a rotation keeps the norms the query-free magnitude reads; False scores with them before
-        it, the ablation; recorded fidelity always uses the rotated keys), `record_fidelity`.
+        it, the ablation; recorded fidelity always uses the rotated keys), `record_fidelity`,
+        `attention_layer` (the decoder layer, at most K, whose queries and keys FastV's attention
+        row and DART's pivots read; default K−1, as their official code, or K when K = 0),
+        `per_frame` (give methods that take `frame_ids` each item's own frame of every visual
+        token: one per image, one per temporal patch of a video; needs the Qwen families'
+        `image_grid_thw` / `video_grid_thw`, so budgets split equally over an item's frames).
         Any other keyword is an option of the selection method; giving any, or a new
         method, replaces the previous method options.
         """
@@ -146,7 +155,8 @@ class PruningHandle:
         if options or "method" in changes:
             settings["options"] = options
         self._validate(settings)
-        relayer = hasattr(self, "settings") and settings["layer"] != self.settings["layer"]
+        relayer = hasattr(self, "settings") and (settings["layer"], settings["attention_layer"]) != (
+            self.settings["layer"], self.settings["attention_layer"])
         if relayer:
             self._uninstall()
         self.settings = settings
@@ -166,6 +176,8 @@ class PruningHandle:
         layers = len(self.language_model.layers)
         if not 0 <= s["layer"] < layers:
             raise ValueError(f"layer must be in [0, {layers - 1}] for this model, got {s['layer']}")
+        if s["attention_layer"] is not None and not 0 <= s["attention_layer"] <= s["layer"]:
+            raise ValueError(f"attention_layer must be in [0, layer={s['layer']}], got {s['attention_layer']}")
         if any(not 0.0 < float(r) <= 1.0 for r in _per_item(s["keep_ratio"])):
             raise ValueError(f"keep_ratio must be in (0, 1], got {s['keep_ratio']}")
         if s["fidelity_target"] is not None and not 0.0 < s["fidelity_target"] <= 1.0:
@@ -211,6 +223,10 @@ class PruningHandle:
             self.language_model.register_forward_pre_hook(self._on_language_model_call, with_kwargs=True),
         ]
         layer = self.settings["layer"]
+        prior = self._attention_layer()
+        if prior < layer:
+            self._hooks.append(self.language_model.layers[prior].register_forward_pre_hook(self._on_prior_layer,
+                                                                                          with_kwargs=True))
         for index, module in enumerate(self.language_model.layers):
             if index >= layer:
                 self._originals[index] = module.forward
@@ -218,6 +234,16 @@ class PruningHandle:
         if self.family.deepstack:
             self._deepstack_wrapper = self._deepstack(self.language_model._deepstack_process)
             self.language_model._deepstack_process = self._deepstack_wrapper
+
+    def _attention_layer(self) -> int:
+        s = self.settings
+        return s["attention_layer"] if s["attention_layer"] is not None else max(0, s["layer"] - 1)
+
+    def _on_prior_layer(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        call = self._call
+        if call is not None and call.kept_mask is None and hook_inputs(self.settings["method"]).prior_layer:
+            hidden = args[0] if args else kwargs["hidden_states"]
+            call.prior = (hidden, kwargs["position_embeddings"])
 
     def _uninstall(self) -> None:
         for hook in self._hooks:
@@ -253,12 +279,43 @@ class PruningHandle:
         if not any(counts):
             return
         call = _Call(visual=visual, attention=attention)
+        if self.settings["per_frame"]:
+            call.frame_ids = self._frame_ids(input_ids, visual, kwargs)
         budgets = self._fixed_budgets(counts)
         if budgets is not None:
             call.budget = torch.tensor(budgets, device=input_ids.device)
             call.width = max(budgets)
             call.kept_length = max(n - c + k for n, c, k in zip(lengths, counts, budgets))
         self._call = call
+
+    def _frame_ids(self, input_ids: Tensor, visual: Tensor, kwargs: dict) -> Tensor:
+        """Each visual token's frame within its own item ``[B, L]``: images one frame each, videos
+        one per temporal patch, counted from the item's first visual token (padding and text never
+        shift them). Visual tokens follow the rows of the grids in batch order, as the model
+        scatters its features."""
+        merge = getattr(getattr(self.model.config, "vision_config", None), "spatial_merge_size", None)
+        grids = [(tid, kwargs.get(name)) for tid, name in zip(self.visual_ids, ("image_grid_thw", "video_grid_thw"))]
+        if merge is None or all(g is None for _, g in grids):
+            raise ValueError("per_frame needs the image_grid_thw / video_grid_thw inputs of the Qwen families")
+        out = torch.zeros_like(input_ids)
+        offset = torch.zeros(input_ids.shape[0], dtype=torch.long, device=input_ids.device)
+        for token_id, grid in grids:
+            where = visual & (input_ids == token_id)
+            if grid is None or not bool(where.any()):
+                continue
+            grid = grid.to(input_ids.device).long()
+            per = grid[:, 1] * grid[:, 2] // merge ** 2
+            sizes = grid[:, 0] * per
+            first_token = torch.repeat_interleave(sizes.cumsum(0) - sizes, sizes)
+            first_frame = torch.repeat_interleave(grid[:, 0].cumsum(0) - grid[:, 0], sizes)
+            within = torch.arange(int(sizes.sum()), device=input_ids.device) - first_token
+            ids = torch.zeros_like(input_ids)
+            ids[where] = first_frame + within // torch.repeat_interleave(per, sizes)
+            start = ids.masked_fill(~where, int(ids.max()) + 1).amin(-1, keepdim=True)
+            local = torch.where(where, ids - start + offset[:, None], 0)
+            out = torch.where(where, local, out)
+            offset = torch.where(where.any(-1), local.amax(-1) + 1, offset)
+        return out
 
     def _on_language_model_call(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
         call = self._call
@@ -323,11 +380,15 @@ class PruningHandle:
         model trained with pruning on still gets gradients in the layers below K.
         """
         with torch.no_grad():
-            call.order = self._select(call, layer, hidden, kwargs)
+            call.order, merged = self._select(call, layer, hidden, kwargs)
+        if merged is not None:  # merged rows replace their tokens' states; the others keep their graph
+            hidden = torch.where(merged[1][..., None], merged[0], hidden)
         return _gather_tokens(hidden, call.order)
 
-    def _select(self, call: _Call, layer: nn.Module, hidden: Tensor, kwargs: dict[str, Any]) -> Tensor:
-        """Score and select; set up the rotary rows and masks of the kept sequence; return the gather order."""
+    def _select(self, call: _Call, layer: nn.Module, hidden: Tensor,
+                kwargs: dict[str, Any]) -> tuple[Tensor, tuple[Tensor, Tensor] | None]:
+        """Score and select; set up the rotary rows and masks of the kept sequence; return the gather
+        order, and for a merging method the rewritten hidden states with the mask of rewritten rows."""
         attn = layer.self_attn
         cos, sin = kwargs["position_embeddings"]
         normed = layer.input_layernorm(hidden)
@@ -335,17 +396,36 @@ class PruningHandle:
         keys = _rope(raw_keys, cos, sin)
         rotary = self.settings["rotary_keys"]
         values = _heads(attn.v_proj, normed, attn.head_dim)
+        needs = hook_inputs(self.settings["method"])
         options = dict(self.settings["options"])
         if "hidden" in self._accepted:
-            options.setdefault("hidden", normed)
+            options.setdefault("hidden", self.language_model.norm(hidden) if needs.final_norm else normed)
         if "embeddings" in self._accepted and call.embeddings is not None:
             options.setdefault("embeddings", call.embeddings)
+        if "attention_mask" in self._accepted:
+            options.setdefault("attention_mask", call.attention)
+        if "frame_ids" in self._accepted and call.frame_ids is not None:
+            options.setdefault("frame_ids", call.frame_ids)
+        q_layer, q_normed, q_rotary = attn, normed, (cos, sin)
+        if needs.prior_layer and call.prior is not None:
+            prior = self.language_model.layers[self._attention_layer()]
+            q_layer, q_normed, q_rotary = prior.self_attn, prior.input_layernorm(call.prior[0]), call.prior[1]
+        if "prior_keys" in self._accepted:
+            prior_keys = _heads(q_layer.k_proj, q_normed, q_layer.head_dim, getattr(q_layer, "k_norm", None))
+            options.setdefault("prior_keys", _rope(prior_keys, *q_rotary) if rotary else prior_keys)
         if "queries" in self._required or ("queries" in self._accepted and self.settings["query_aware"]):
-            t = self.settings["query_tokens"]
-            q = _heads(attn.q_proj, normed[:, -t:], attn.head_dim, getattr(attn, "q_norm", None))
-            options.setdefault("queries", _rope(q, cos[:, -t:], sin[:, -t:]) if rotary else q)
+            t = hidden.shape[1] if needs.all_queries else self.settings["query_tokens"]
+            q = _heads(q_layer.q_proj, q_normed[:, -t:], q_layer.head_dim, getattr(q_layer, "q_norm", None))
+            options.setdefault("queries", _rope(q, q_rotary[0][:, -t:], q_rotary[1][:, -t:]) if rotary else q)
         scored = keys if rotary else raw_keys
-        if call.budget is None:
+        merged = None
+        if needs.merge is not None and call.budget is not None:
+            req = Request(scored, values, call.visual, call.budget, call.width)
+            options.pop("hidden", None)
+            selected, rewritten = needs.merge(req, hidden, **options)
+            budget = call.budget
+            merged = (rewritten, rewritten.ne(hidden).any(-1))
+        elif call.budget is None:
             budget = self._adaptive_budget(call, keys, values, options)
             selected = select_tokens(scored, values, budget, method=self.settings["method"], mask=call.visual, **options)
         else:
@@ -370,7 +450,7 @@ class PruningHandle:
         if isinstance(position_ids, Tensor) and position_ids.shape[-1] == length:
             lead = position_ids.shape[:-2]
             call.overrides["position_ids"] = position_ids.expand(*lead, b, length).gather(-1, order.expand(*lead, -1, -1))
-        return order
+        return order, merged
 
     def _extend(self, call: _Call, hidden: Tensor) -> None:
         """A decode step: the new tokens attend to the kept cache plus themselves."""
