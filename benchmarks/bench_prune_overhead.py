@@ -62,7 +62,6 @@ def parts(n: int, device, dtype) -> dict:
     import torch
 
     import iwp_ops
-    from iwp_ops import pcmmr
     from iwp_ops.pcmmr import admission_order
     from iwp_ops.scoring import relevance
 
@@ -76,26 +75,18 @@ def parts(n: int, device, dtype) -> dict:
     mhat, features, informative = relevance(keys, values, mask, queries=None, heads="mean", how="log_minmax")
     budgets = torch.tensor([budget], device=device)
 
-    def eager(fn):
-        def run():
-            pcmmr.CUDA_GRAPHS = False
-            try:
-                return fn()
-            finally:
-                pcmmr.CUDA_GRAPHS = True
-        return run
-
-    def order():
+    def order(cuda_graphs: bool = True):
         return admission_order(features, mhat, informative, mask, budgets, budget, lam=0.5, chunk=None,
-                               pool_factor=2, dup_threshold=0.9)
+                               pool_factor=2, dup_threshold=0.9, cuda_graphs=cuda_graphs)
 
-    graphed = device.type == "cuda" and pcmmr.CUDA_GRAPHS
+    graphed = device.type == "cuda"
     return {
         "select iwp": lambda: iwp_ops.select_tokens(keys, values, budget),
-        **({"select iwp, eager": eager(lambda: iwp_ops.select_tokens(keys, values, budget))} if graphed else {}),
+        **({"select iwp, eager": lambda: iwp_ops.select_tokens(keys, values, budget, cuda_graphs=False)}
+           if graphed else {}),
         "iwp scores": lambda: relevance(keys, values, mask, queries=None, heads="mean", how="log_minmax"),
         "iwp pc-mmr": order,
-        **({"iwp pc-mmr, eager": eager(order)} if graphed else {}),
+        **({"iwp pc-mmr, eager": lambda: order(cuda_graphs=False)} if graphed else {}),
         "select magnitude": lambda: iwp_ops.select_tokens(keys, values, budget, method="magnitude"),
         "select divprune": lambda: iwp_ops.select_tokens(keys, values, budget, method="divprune", embeddings=hidden),
         "fidelity": lambda: iwp_ops.weight_fidelity(keys, values, kept),

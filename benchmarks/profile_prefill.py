@@ -167,7 +167,7 @@ def measure(model, handle, inputs, ratios, device, repeats: int) -> dict:
         for ratio in ratios:
             set_ratio(handle, ratio)
             out[ratio]["prefill_s_all"].append(timed(lambda: prefill(model, inputs), device))
-    marks = StageMarks(model, handle.settings["layer"])
+    marks = StageMarks(model, handle.settings.layer)
     for ratio in ratios:
         set_ratio(handle, ratio)
         out[ratio]["prefill_s"] = statistics.median(out[ratio]["prefill_s_all"])

@@ -92,10 +92,9 @@ def time_attention_variants(model, encoded, device, repeats: int, compile_blocks
     out = {}
     config._attn_implementation = "sdpa"
     out["per-segment loop"] = seconds()
-    config._attn_implementation = vision_attention.NAME
-    vision_attention.FLASH_VARLEN = False
+    config._attn_implementation = vision_attention.PADDED_NAME
     out["padded"] = seconds()
-    vision_attention.FLASH_VARLEN = True
+    config._attn_implementation = vision_attention.NAME
     if device.type == "cuda":
         out["flash varlen"] = seconds()
     if compile_blocks:

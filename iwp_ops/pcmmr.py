@@ -31,7 +31,7 @@ options come a second time, they are captured into a CUDA graph (`_Graphs`) and 
 then on; a shape seen once runs eagerly, so a stream of ever-new shapes never pays for captures.
 Extra steps, if any, still run eagerly after the replay, and per-frame quotas run eagerly
 throughout. Each kept graph holds fp32 copies of its inputs (B·H·N·(2D+2)·4 bytes) and a memory
-pool for its temporaries on the GPU, so at most four are kept. ``CUDA_GRAPHS = False`` turns
+pool for its temporaries on the GPU, so at most four are kept. ``cuda_graphs=False`` turns
 this off.
 """
 
@@ -50,7 +50,6 @@ from .scoring import PairFeatures
 
 PROGRESSIVE = (1, 2, 4, 8, 16, 32, 64)
 _VOID = -2.0
-CUDA_GRAPHS = True
 
 
 def schedule(chunk: int | Sequence[int] | None) -> Iterator[int]:
@@ -214,14 +213,15 @@ _GRAPHS = _Graphs()
 def admission_order(features: PairFeatures, mhat: Tensor, informative: Tensor, mask: Tensor, budget: Tensor,
                     width: int, *,
                     lam: float, chunk: int | Sequence[int] | None, pool_factor: int, dup_threshold: float,
-                    frames: FrameQuota | None = None) -> Tensor:
+                    frames: FrameQuota | None = None, cuda_graphs: bool = True) -> Tensor:
     """Admission order ``[B, width]`` of PC-MMR; item b's first ``budget[b]`` entries are valid, the rest -1.
 
-    ``budget`` must not exceed each item's candidate count (nor ``width``).
+    ``budget`` must not exceed each item's candidate count (nor ``width``). ``cuda_graphs=False``
+    runs every step eagerly on CUDA too (the benchmarks compare the two).
     """
     planned, extra = _plan(chunk, width)
     state = None
-    if CUDA_GRAPHS and frames is None and mhat.is_cuda and not torch.cuda.is_current_stream_capturing():
+    if cuda_graphs and frames is None and mhat.is_cuda and not torch.cuda.is_current_stream_capturing():
         options = {"lam": lam, "chunk": chunk if chunk is None or isinstance(chunk, int) else tuple(chunk),
                    "pool_factor": pool_factor, "dup_threshold": dup_threshold}
         state = _GRAPHS.run(_Graphs.inputs(features, mhat, informative, mask, budget), width, options)

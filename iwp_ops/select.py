@@ -12,14 +12,21 @@ from .methods import lookup
 from .request import Request, build
 
 
-def check_options(method: str, fn: Any, options: dict[str, Any]) -> None:
-    """Refuse options the method does not take and demand the inputs it needs, naming them."""
+def method_inputs(fn: Any) -> tuple[tuple[str, ...], frozenset[str]]:
+    """A method's keyword options in order, and those it cannot run without."""
     accepted = [p for p in inspect.signature(fn).parameters.values() if p.kind is p.KEYWORD_ONLY]
-    unknown = sorted(set(options) - {p.name for p in accepted})
+    return tuple(p.name for p in accepted), frozenset(p.name for p in accepted if p.default is p.empty)
+
+
+def check_options(method: str, fn: Any, options: dict[str, Any], supplied: frozenset[str] = frozenset()) -> None:
+    """Refuse options the method does not take and demand the inputs it needs, naming them;
+    `supplied` names inputs the caller provides later (the model hook's queries, say)."""
+    accepted, required = method_inputs(fn)
+    unknown = sorted(set(options) - set(accepted))
     if unknown:
-        names = ", ".join(p.name for p in accepted) or "none"
+        names = ", ".join(accepted) or "none"
         raise ValueError(f"method {method!r} does not take option(s) {', '.join(unknown)}; it accepts: {names}")
-    missing = [p.name for p in accepted if p.default is p.empty and p.name not in options]
+    missing = [name for name in accepted if name in required and name not in options and name not in supplied]
     if missing:
         raise ValueError(f"method {method!r} needs the keyword argument(s) {', '.join(missing)}")
 

@@ -1,7 +1,7 @@
 """Registry of selection methods: name → ``fn(request, **options) -> LongTensor[B, width]``.
 
 Each function returns, per item, exactly ``request.budget`` valid indices in any
-order followed by -1; ``select_tokens`` puts them in ascending order. ``HOOK_INPUTS`` says
+order followed by -1; ``select_tokens`` puts them in ascending order. ``LAYER_INPUTS`` says
 what the pruning hook inside a model must give a method beyond layer K's keys and values
 (one table, so the hook names no method).
 """
@@ -30,7 +30,7 @@ REGISTRY: dict[str, Method] = {
 
 
 @dataclass(frozen=True)
-class HookInputs:
+class LayerInputs:
     """What a method reads from the model besides layer K's keys and values.
 
     ``prior_layer``: its ``queries`` and ``prior_keys`` come from the hook's attention layer
@@ -46,10 +46,10 @@ class HookInputs:
     merge: Callable[..., tuple[Tensor, Tensor]] | None = None
 
 
-HOOK_INPUTS: dict[str, HookInputs] = {
-    "fastv": HookInputs(prior_layer=True),
-    "dart": HookInputs(prior_layer=True, final_norm=True),
-    "visionzip": HookInputs(all_queries=True, merge=visionzip.select_and_merge),
+LAYER_INPUTS: dict[str, LayerInputs] = {
+    "fastv": LayerInputs(prior_layer=True),
+    "dart": LayerInputs(prior_layer=True, final_norm=True),
+    "visionzip": LayerInputs(all_queries=True, merge=visionzip.select_and_merge),
 }
 
 
@@ -59,5 +59,5 @@ def lookup(name: str) -> Method:
     return REGISTRY[name]
 
 
-def hook_inputs(name: str) -> HookInputs:
-    return HOOK_INPUTS.get(name, HookInputs())
+def layer_inputs(name: str) -> LayerInputs:
+    return LAYER_INPUTS.get(name, LayerInputs())

@@ -52,8 +52,8 @@ def _chunk(chunk: Any) -> int | Sequence[int] | None:
 def select(req: Request, *, lam: float = 0.5, chunk: int | Sequence[int] | None = None,
            pool_factor: int = 2, dup_threshold: float = 0.9, normalise: str = "log_minmax",
            heads: str = "mean", queries: Tensor | None = None, frame_ids: Tensor | None = None,
-           tokens_per_frame: int | None = None) -> Tensor:
-    """Kept tokens in admission order ``[B, width]`` (-1 padded)."""
+           tokens_per_frame: int | None = None, cuda_graphs: bool = True) -> Tensor:
+    """Kept tokens in admission order ``[B, width]`` (-1 padded); ``cuda_graphs`` see `pcmmr.admission_order`."""
     lam = validate.number("lam", lam, 0.0, 1.0)
     schedule = _chunk(chunk)
     pool_factor = validate.positive_int("pool_factor", pool_factor)
@@ -67,4 +67,5 @@ def select(req: Request, *, lam: float = 0.5, chunk: int | Sequence[int] | None 
     mhat, features, informative = relevance(req.keys, req.values, req.mask, queries=queries, heads=heads,
                                             how=normalise)
     return admission_order(features, mhat, informative, req.mask, req.budget, req.width, lam=lam, chunk=schedule,
-                           pool_factor=pool_factor, dup_threshold=dup_threshold, frames=quota)
+                           pool_factor=pool_factor, dup_threshold=dup_threshold, frames=quota,
+                           cuda_graphs=bool(cuda_graphs))

@@ -11,14 +11,17 @@ contextual tokens for 64.
 
 What our setting forces: Qwen2-VL's vision encoder has no CLS token, and pruning runs at
 decoder layer K, not inside the vision encoder. So "dominant" is the attention each candidate
-*receives* in layer K's own attention map, averaged over every real query row and query head:
-``queries`` are layer K's queries of all tokens (``[B, Hq, N, D]``; with fewer rows they are
-the last ones), each row attending causally to the real keys before it (``attention_mask``
-marks a batch's left padding). The contextual tokens replace their targets in the sequence:
-the pruning hook calls ``select_and_merge`` and writes each target's merged row into layer K's
-input hidden states, so the layers after K see them (``merged_features`` gives the same rows
-to a caller of the public API). No official variant can run on this model: there is no CLS
-row to read.
+*receives* at layer K, from layer K's real queries of all tokens (``queries`` ``[B, Hq, N, D]``;
+with fewer rows they are the last ones): each real query row's softmax over the candidates'
+keys (as the CLS row is a distribution over the patches), averaged over rows and query heads;
+``attention_mask`` marks a batch's left padding, whose rows count for nothing. The rows are
+not restricted causally: in the decoder's causal map every later row sees the first visual
+tokens, which would then dominate for their position alone (the choice between the two was
+made on validation images; docs/accuracy.md). The contextual tokens replace their targets in
+the sequence: the pruning hook calls ``select_and_merge`` and writes each target's merged row
+into layer K's input hidden states, so the layers after K see them (``merged_features`` gives
+the same rows to a caller of the public API). No official variant can run on this model: it
+has no CLS row to read.
 """
 
 from __future__ import annotations
@@ -34,14 +37,13 @@ _BLOCK_ELEMENTS = 1 << 23
 DOMINANT_RATIO = 54 / 64
 
 
-def received_attention(keys: Tensor, queries: Tensor, real: Tensor) -> Tensor:
-    """Mean causal softmax attention each token receives ``[B, N]`` over the real query rows."""
+def received_attention(keys: Tensor, queries: Tensor, mask: Tensor, real: Tensor) -> Tensor:
+    """Mean attention each candidate receives ``[B, N]``: every real query row's softmax over
+    the candidates' keys only, averaged over rows and query heads."""
     b, h, n, d = keys.shape
     k = keys.float() * d ** -0.5
     q = queries.float()
     group, rows = q.shape[1] // h, q.shape[2]
-    position = torch.arange(n, device=keys.device)
-    row_position = position[n - rows:]
     row_ok = real[:, n - rows:]
     block = max(1, _BLOCK_ELEMENTS // (b * group * n))
     total = keys.new_zeros(b, n, dtype=torch.float32)
@@ -50,8 +52,7 @@ def received_attention(keys: Tensor, queries: Tensor, real: Tensor) -> Tensor:
         for start in range(0, rows, block):
             stop = min(rows, start + block)
             logits = qh[:, :, start:stop] @ k[:, head, None].transpose(-1, -2)
-            visible = real[:, None, None, :] & (position <= row_position[start:stop, None])
-            attn = logits.masked_fill(~visible, float("-inf")).softmax(-1).nan_to_num(0.0)
+            attn = logits.masked_fill(~mask[:, None, None, :], float("-inf")).softmax(-1).nan_to_num(0.0)
             total += (attn * row_ok[:, None, start:stop, None]).sum((1, 2))
     return total / (row_ok.sum(-1, keepdim=True).clamp(min=1) * h * group)
 
@@ -64,7 +65,7 @@ def _plan(req: Request, queries: Tensor, attention_mask: Tensor | None, dominant
         raise ValueError(f"queries have {queries.shape[2]} rows for {req.shape[2]} tokens")
     real = validate.padding_mask(attention_mask, req.keys)
     n_dom = torch.floor(req.budget * dominant_ratio + 0.5).long()
-    top = keep_top(received_attention(req.keys, queries, real),
+    top = keep_top(received_attention(req.keys, queries, req.mask, real),
                    Request(req.keys, req.values, req.mask, n_dom, req.width))
     dominant = to_mask(top, req.mask.shape[1])
     rest = req.mask & ~dominant

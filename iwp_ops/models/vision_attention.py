@@ -3,16 +3,17 @@
 The vision encoder is not pruned, so its speed bounds what pruning can gain. transformers
 runs its variable-length attention (Qwen2.5-VL: windows of up to 8x8 patches, and whole
 frames in the full-attention blocks; Qwen2-VL and Qwen3-VL: whole frames) as one call per segment
-unless FlashAttention is installed: a 16-frame 336x336 video makes ~2,000 calls per
-forward, ~2,000 per item in a batch, and on an H200 the encoder then took 71 % of the
-7B prefill's time for 28 % of its FLOPs (benchmarks/results/h200/). Here the segments are
+unless FlashAttention is installed: thousands of small calls per forward for a video, which
+made the encoder the largest share of a 7B prefill (docs/benchmarks.md). Here the segments are
 gathered into one padded batch ``[segments, heads, longest, dim]`` with a key-padding mask
 and go through a single ``scaled_dot_product_attention``; the result is the same
 attention (each segment still sees only itself). On a CUDA GPU (sm80+, half precision) the
 segments go as they are, with no padding and no mask, to torch's variable-length attention
 (``torch.nn.attention.varlen``): FlashAttention 2, or cuDNN where torch prefers it (torch 2.14
-on sm90/sm100 with cuDNN 9.18+ for segments over 128 tokens). Neither path reads a value back to
-the host, so the 32 blocks of a 7B encoder launch without waiting on the GPU.
+on sm90/sm100 with cuDNN 9.18+ for segments over 128 tokens); ``pack_vision_attention(model,
+varlen=False)`` keeps CUDA inputs on the padded call too (the benchmarks compare the two).
+Neither path reads a value back to the host, so the blocks of an encoder launch without waiting
+on the GPU.
 
 It plugs in through transformers' own ``AttentionInterface``: the vision attention modules
 hand ``cu_seqlens`` to one call when the implementation's name contains "flash", so the
@@ -24,21 +25,17 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .qwen2_vl import FAMILY as QWEN2_VL
-from .qwen3_vl import FAMILY as QWEN3_VL
+from .families import qwen_vision_tower
 
-NAME = "iwp_packed_sdpa_flash_api"
-# The Qwen vision towers: segment attention here, and the Conv3d patch embedding that
-# `vision_patch_embed` flattens.
-ARCHITECTURES = QWEN2_VL.architectures + QWEN3_VL.architectures
-# False sends CUDA inputs through the padded call too (benchmarks compare the two).
-FLASH_VARLEN = True
+NAME = "iwp_packed_sdpa_flash_api"  # the variable-length kernel where it applies, else the padded call
+PADDED_NAME = "iwp_padded_sdpa_flash_api"  # the padded call everywhere
 
 
 try:
@@ -58,15 +55,16 @@ def _varlen_kernel(device: torch.device) -> Callable[..., Tensor] | None:
 
 def packed_attention(module: nn.Module, query: Tensor, key: Tensor, value: Tensor, attention_mask: Tensor | None = None,
                      scaling: float | None = None, dropout: float = 0.0, cu_seq_lens_q: Tensor | None = None,
-                     max_length_q: int | None = None, **_: Any) -> tuple[Tensor, None]:
+                     max_length_q: int | None = None, varlen: bool = True, **_: Any) -> tuple[Tensor, None]:
     """``query/key/value`` ``[1, H, S, D]`` holding consecutive segments delimited by ``cu_seq_lens_q``;
-    returns ``[1, S, H, D]`` (the flash convention the caller reshapes)."""
+    returns ``[1, S, H, D]`` (the flash convention the caller reshapes). ``varlen=False`` never
+    takes the variable-length kernel."""
     if cu_seq_lens_q is None:
         raise ValueError("packed vision attention needs cu_seq_lens_q (segment boundaries)")
     heads, total, dim = query.shape[1:]
     lengths = cu_seq_lens_q[1:] - cu_seq_lens_q[:-1]
     longest = int(max_length_q) if max_length_q is not None else int(lengths.max())
-    kernel = _varlen_kernel(query.device) if FLASH_VARLEN and query.is_cuda else None
+    kernel = _varlen_kernel(query.device) if varlen and query.is_cuda else None
     if kernel is not None and query.dtype in (torch.float16, torch.bfloat16) and dropout == 0.0 \
             and dim % 8 == 0 and dim <= 256 and (scaling is None or math.isclose(scaling, dim ** -0.5)):
         cu = cu_seq_lens_q.to(torch.int32)
@@ -90,7 +88,7 @@ def packed_attention(module: nn.Module, query: Tensor, key: Tensor, value: Tenso
     return out.transpose(1, 2).reshape(-1, heads, dim)[row][None], None
 
 
-def pack_vision_attention(model: nn.Module) -> bool:
+def pack_vision_attention(model: nn.Module, varlen: bool = True) -> bool:
     """Route a Qwen2-VL / Qwen2.5-VL / Qwen3-VL vision encoder that runs SDPA through `packed_attention`.
 
     Returns False (and changes nothing) for other models and other attention implementations:
@@ -99,9 +97,10 @@ def pack_vision_attention(model: nn.Module) -> bool:
     from transformers import AttentionInterface
 
     config = getattr(getattr(model, "config", None), "vision_config", None)
-    if type(model).__name__ not in ARCHITECTURES \
-            or config is None or config._attn_implementation not in ("sdpa", NAME):
+    if qwen_vision_tower(model) is None or config is None \
+            or config._attn_implementation not in ("sdpa", NAME, PADDED_NAME):
         return False
     AttentionInterface.register(NAME, packed_attention)
-    config._attn_implementation = NAME
+    AttentionInterface.register(PADDED_NAME, partial(packed_attention, varlen=False))
+    config._attn_implementation = NAME if varlen else PADDED_NAME
     return True

@@ -1,14 +1,12 @@
 """The Qwen vision encoder's blocks under ``torch.compile``.
 
-After packing (`vision_attention`) the 7B encoder spends half its GPU time outside its matrix
+After packing (`vision_attention`) a large encoder spends much of its GPU time outside its matrix
 products: RMSNorm and the rotary embedding run in fp32 as a dozen separate elementwise kernels
-each, and SiLU-and-multiply as three. On an H100 a 64-frame 392x392 video's encoder took 211 ms
-eagerly and 83 ms with its blocks compiled (`benchmarks/profile_vision.py --compile`,
-`benchmarks/results/h100/varlen/`), paid for by compiling in each process (78 s there, less
-from torch's on-disk cache). Shapes are compiled as dynamic: on a CPU check a video and then an
-image compiled two graphs and later frame counts and sizes reused them, so a process compiles at
-its first video and at its first image. Past torch's recompile limit dynamo runs the blocks
-uncompiled, with a warning.
+each, and SiLU-and-multiply as three. Compiling the blocks fuses them (the gain and the compile
+time per process are in docs/benchmarks.md, from `benchmarks/profile_vision.py --compile`).
+Shapes are compiled as dynamic, so later frame counts and sizes reuse the graphs: a process
+compiles at its first video and at its first image. Past torch's recompile limit dynamo runs
+the blocks uncompiled, with a warning.
 """
 
 from __future__ import annotations
@@ -16,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .vision_attention import ARCHITECTURES
+from .families import qwen_vision_tower
 
 SETTINGS = ("auto", "on", "off")
 
@@ -33,8 +31,8 @@ def compile_wanted(setting: str, device: torch.device) -> bool:
 def compile_vision_blocks(model: nn.Module) -> bool:
     """Compile each block of a Qwen2-VL / Qwen2.5-VL / Qwen3-VL vision encoder in place (the
     weights and state dict are untouched); False, changing nothing, for other models."""
-    blocks = getattr(getattr(getattr(model, "model", None), "visual", None), "blocks", None)
-    if type(model).__name__ not in ARCHITECTURES or blocks is None:
+    blocks = getattr(qwen_vision_tower(model), "blocks", None)
+    if blocks is None:
         return False
     for block in blocks:
         block.compile(dynamic=True)

@@ -25,41 +25,39 @@ def _inputs(seed: int, b: int = 3, h: int = 4, n: int = 700, d: int = 64, dtype=
     return keys.cuda().to(dtype), values.cuda().to(dtype), mask.cuda()
 
 
-def _both(monkeypatch, *args, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
-    monkeypatch.setattr(pcmmr, "CUDA_GRAPHS", False)
-    eager = iwp_ops.select_tokens(*args, **kwargs)
-    monkeypatch.setattr(pcmmr, "CUDA_GRAPHS", True)
-    return eager, iwp_ops.select_tokens(*args, **kwargs)
+def _both(*args, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
+    eager = iwp_ops.select_tokens(*args, cuda_graphs=False, **kwargs)
+    return eager, iwp_ops.select_tokens(*args, cuda_graphs=True, **kwargs)
 
 
 @pytest.mark.parametrize("chunk", [None, 8, (1, 4)])
-def test_replayed_selection_equals_the_eager_one_for_new_inputs_of_the_same_shape(monkeypatch, chunk):
+def test_replayed_selection_equals_the_eager_one_for_new_inputs_of_the_same_shape(chunk):
     budget = torch.tensor([77, 10, 300], device="cuda")
     pcmmr._GRAPHS.cache.clear()
     for seed in range(4):  # eager, capture, then two replays with new inputs
         keys, values, mask = _inputs(seed)
-        eager, graphed = _both(monkeypatch, keys, values, budget, mask=mask, chunk=chunk)
+        eager, graphed = _both(keys, values, budget, mask=mask, chunk=chunk)
         assert torch.equal(graphed, eager)
     assert len(pcmmr._GRAPHS.cache) == 1
 
 
-def test_extra_eager_steps_after_a_replay_when_pools_run_short(monkeypatch):
+def test_extra_eager_steps_after_a_replay_when_pools_run_short():
     keys = torch.ones(2, 4, 300, 64, device="cuda")  # every token duplicates every other
     values = torch.ones(2, 4, 300, 64, device="cuda")
     values[1, :, ::2] = -1.0
     for _ in range(3):  # eager, capture, replay: each continues with eager steps
-        eager, graphed = _both(monkeypatch, keys, values, 120)
+        eager, graphed = _both(keys, values, 120)
         assert torch.equal(graphed, eager)
         assert bool((graphed >= 0).all())
 
 
-def test_inference_mode_and_no_grad_calls_keep_separate_graphs(monkeypatch):
+def test_inference_mode_and_no_grad_calls_keep_separate_graphs():
     pcmmr._GRAPHS.cache.clear()
     keys, values, mask = _inputs(7, b=1, n=257)
     for mode in (torch.inference_mode, torch.no_grad):
         with mode():
             for _ in range(2):
-                eager, graphed = _both(monkeypatch, keys, values, 30, mask=mask)
+                eager, graphed = _both(keys, values, 30, mask=mask)
                 assert torch.equal(graphed, eager)
     assert len(pcmmr._GRAPHS.cache) == 2
 
@@ -101,7 +99,7 @@ def test_captures_while_another_thread_calls_cuda(monkeypatch):
         for n in range(300, 420, 20):  # each shape: eager, capture, replay
             keys, values, mask = _inputs(n, b=2, n=n)
             for _ in range(3):
-                eager, graphed = _both(monkeypatch, keys, values, 40, mask=mask)
+                eager, graphed = _both(keys, values, 40, mask=mask)
                 assert torch.equal(graphed, eager)
         during = rounds[0]
     finally:

@@ -7,7 +7,7 @@ from jobs.default_model import default_model_path
 
 
 def test_every_variant_is_a_known_setting_and_the_rope_variant_changes_the_selection(monkeypatch):
-    import iwp_ops.models.base as base
+    import iwp_ops.models.layer_k as base
 
     assert all(set(changes) <= set(BASE) for changes in VARIANTS.values())
     torch.set_num_threads(min(2, torch.get_num_threads()))

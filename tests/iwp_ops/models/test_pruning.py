@@ -200,16 +200,16 @@ def test_fixed_budgets_round_half_to_even_and_refuse_a_wrong_count(family):
     name, model, processor, items = family
     handle = enable_pruning(model, keep_ratio=0.5, min_tokens=1, layer=1)
     try:
-        assert handle._fixed_budgets([25, 27, 1, 0]) == [12, 14, 1, 0]
+        assert handle.settings.fixed_budgets([25, 27, 1, 0]) == [12, 14, 1, 0]
         handle.configure(keep_ratio=[0.5])
-        assert handle._fixed_budgets([25, 27]) == [12, 14]
+        assert handle.settings.fixed_budgets([25, 27]) == [12, 14]
         handle.configure(keep_tokens=[3, 40])
-        assert handle._fixed_budgets([10, 30]) == [3, 30]
+        assert handle.settings.fixed_budgets([10, 30]) == [3, 30]
         handle.configure(keep_tokens=None, keep_ratio=[0.5, 0.1, 0.2])
         with pytest.raises(ValueError, match="keep_ratio has 3 values for a batch of 2 items"):
             generate(model, encode(processor, items[:2]), n=1)
         handle.configure(fidelity_target=0.9)
-        assert handle._fixed_budgets([25, 27]) is None
+        assert handle.settings.fixed_budgets([25, 27]) is None
         for bad in (dict(keep_tokens=2.9), dict(keep_tokens=[3, -1]), dict(min_tokens=1.5), dict(max_tokens=True)):
             with pytest.raises(ValueError, match="must be a non-negative int"):
                 handle.configure(**bad)
@@ -240,7 +240,7 @@ def test_rotary_keys_off_scores_with_the_same_keys_before_rotation(family, monke
     """The RoPE ablation: with `rotary_keys=False` the method gets the layer's keys before the
     rotary embedding, which differ from the rotated ones by a rotation (same norms, other
     directions); the default hands over the rotated keys."""
-    import iwp_ops.models.base as base
+    import iwp_ops.models.layer_k as base
 
     name, model, processor, items = family
     seen = []
@@ -271,7 +271,7 @@ def test_qwen3_vl_deepstack_features_follow_the_kept_tokens(tmp_path, monkeypatc
     """Qwen3-VL adds DeepStack features at the visual positions after decoder layers 0-2. Pruned at
     K, those after layers >= K must add to each kept token its own feature row, at its place in the
     kept (left-padded) sequence; those after layers < K still see the full sequence."""
-    import iwp_ops.models.base as base
+    import iwp_ops.models.layer_k as base
 
     path = build_tiny_model(tmp_path, arch="qwen3_vl")
     model = AutoModelForImageTextToText.from_pretrained(path, local_files_only=True).eval()

@@ -35,14 +35,14 @@ def _per_segment(q, k, v) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("varlen", [True, False])
-def test_both_paths_give_the_per_segment_attention_without_a_host_sync(monkeypatch, varlen):
-    monkeypatch.setattr(vision_attention, "FLASH_VARLEN", varlen)
+def test_both_paths_give_the_per_segment_attention_without_a_host_sync(varlen):
     q, k, v, cu = _inputs()
     expected = _per_segment(q, k, v)
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
-        out, _ = packed_attention(None, q, k, v, scaling=DIM ** -0.5, cu_seq_lens_q=cu, max_length_q=max(LENGTHS))
+        out, _ = packed_attention(None, q, k, v, scaling=DIM ** -0.5, cu_seq_lens_q=cu, max_length_q=max(LENGTHS),
+                                  varlen=varlen)
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert out.shape == (1, sum(LENGTHS), HEADS, DIM) and out.dtype == torch.bfloat16
