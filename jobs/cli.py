@@ -127,6 +127,7 @@ def parser() -> argparse.ArgumentParser:
     ev.add_argument("--tune-images", type=int, default=40, help="validation scenes per modality that choose each "
                     "method's knob (0 with --tune-videos 0: no tuning)")
     ev.add_argument("--tune-videos", type=int, default=16)
+    ev.add_argument("--tune-ratios", default="0.111,0.056", help="keep ratios at which knobs are compared")
     ev.add_argument("--threads", type=int, default=2, help="torch threads (pinned: results depend on it)")
     add_submit_commands(sub)
     return p
@@ -142,7 +143,8 @@ def run_eval(args: argparse.Namespace) -> None:
                        methods=methods, keep_ratios=ratios, layer=args.layer,
                        media_types=tuple(m.strip() for m in args.media.split(",")),
                        partial=Path(args.out) / "rows.partial.json", tune_images=args.tune_images,
-                       tune_videos=args.tune_videos, threads=args.threads)
+                       tune_videos=args.tune_videos, tune_ratios=tuple(float(r) for r in args.tune_ratios.split(",")),
+                       threads=args.threads)
     print(f"report: {write_report(results, args.out)}")
     (Path(args.out) / "rows.partial.json").unlink(missing_ok=True)
 
