@@ -5,7 +5,7 @@ Public API:
 - ``select_tokens(keys, values, budget, *, method="iwp", mask=None, **options)``
 - ``weight_fidelity(keys, values, indices, *, mask=None, kernel="softmax")``
 - ``adaptive_budget(keys, values, target, *, min_tokens, max_tokens, mask=None, **options)``
-- ``visionzip_merged_features(keys, values, budget, hidden, *, mask=None, ...)``
+- ``visionzip_merged_features(keys, values, budget, hidden, *, queries, mask=None, ...)``
 - ``information_magnitude(keys, values, *, queries=None, per_head=False)`` (log space)
 - ``information_duplication(keys, values, rows, cols, *, heads="layer")``
 - ``enable_pruning(model, method="iwp", keep_ratio=0.222, layer=2, **options)``: prune inside a

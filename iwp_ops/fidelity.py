@@ -56,7 +56,7 @@ def gram_features(keys: Tensor, values: Tensor, mask: Tensor, kernel: str) -> Fe
         scale_k = k.norm(dim=-1).amax((1, 2), keepdim=True).clamp(min=1e-30)[..., None]
         scale_v = v.norm(dim=-1).amax((1, 2), keepdim=True).clamp(min=1e-30)[..., None]
         return LinearFeatures(k / scale_k, v / scale_v)
-    base, log_m = pair_features(keys, values)
+    base, log_m = pair_features(keys, values, mask)
     log_m = log_m.masked_fill(~mask[:, None, :], float("-inf"))
     shift = log_m.amax((1, 2), keepdim=True)
     shift = torch.where(torch.isfinite(shift), shift, torch.zeros_like(shift))

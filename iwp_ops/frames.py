@@ -16,7 +16,9 @@ def resolve(frame_ids: Any, tokens_per_frame: Any, req: Request) -> Tensor | Non
     """Frame id ``[B, N]`` of every token, or ``None`` when no per-frame budget is asked.
 
     ``frame_ids`` gives ids directly (non-negative for candidates); ``tokens_per_frame``
-    means tokens are laid out frame after frame, that many per frame.
+    means each item's candidates are laid out frame after frame, that many per frame: frames
+    are counted from the item's first candidate, so a text prefix or left padding before it
+    (which differ from batch to batch) cannot shift them.
     """
     if frame_ids is not None and tokens_per_frame is not None:
         raise ValueError("pass either frame_ids or tokens_per_frame, not both")
@@ -24,7 +26,7 @@ def resolve(frame_ids: Any, tokens_per_frame: Any, req: Request) -> Tensor | Non
     device = req.keys.device
     if tokens_per_frame is not None:
         per = validate.positive_int("tokens_per_frame", tokens_per_frame)
-        return (torch.arange(n, device=device) // per).expand(b, n)
+        return (rank_among(req.mask) // per).clamp(min=0)
     if frame_ids is None:
         return None
     if not isinstance(frame_ids, Tensor) or frame_ids.dtype != torch.long or tuple(frame_ids.shape) != (b, n) \

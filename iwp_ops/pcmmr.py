@@ -25,14 +25,14 @@ the schedule, with no host sync inside. Only when pools ran short (many mutual
 near-duplicates, e.g. a constant image) do extra steps follow; each of those syncs
 once to check progress and sizes its update to the tokens it admitted.
 
-On a GPU those fixed steps launch ~100 small kernels each (1,701 for 6,272 tokens at
-11.1 %, 24 ms on an H100, nearly all launch time), so on CUDA, once an input shape and
-options come a second time, they are captured into a CUDA graph (`_Graphs`) and replayed
-from then on; a shape seen once runs eagerly, so a stream of ever-new shapes never pays
-for captures. Extra steps, if any, still run eagerly after the replay, and per-frame quotas
-run eagerly throughout. Each kept graph holds fp32 copies of its inputs (B·H·N·(2D+2)·4
-bytes: 207 MB for 8 items of 6,272 tokens with 4 heads of 128) and a memory pool for its
-temporaries on the GPU, and at most four are kept. ``cuda_graphs=False`` turns this off.
+On a GPU those fixed steps launch ~100 small kernels each, and their cost is launch time, not
+arithmetic (docs/benchmarks.md has the counts and timings), so on CUDA, once an input shape and
+options come a second time, they are captured into a CUDA graph (`_Graphs`) and replayed from
+then on; a shape seen once runs eagerly, so a stream of ever-new shapes never pays for captures.
+Extra steps, if any, still run eagerly after the replay, and per-frame quotas run eagerly
+throughout. Each kept graph holds fp32 copies of its inputs (B·H·N·(2D+2)·4 bytes) and a memory
+pool for its temporaries on the GPU, so at most four are kept. ``cuda_graphs=False`` turns
+this off.
 """
 
 from __future__ import annotations
@@ -98,8 +98,10 @@ class _Greedy:
         sim = candidates.pair(candidates)
         above = torch.ones(pool, pool, dtype=torch.bool, device=top.device).triu(1)
         sim_above = sim.masked_fill(~(above & valid[:, :, None]), float("-inf")).amax(1)
-        rescored = self._mmr(self.relevance.gather(1, top), torch.maximum(penalty.gather(1, top), sim_above),
-                             self.informative.gather(1, top))
+        # The penalty is the max over the selected set and the higher-ranked pool members; it is 0
+        # only where both are empty (a negative similarity is a real, smaller penalty, not 0).
+        within = torch.maximum(self.running.gather(1, top), sim_above).nan_to_num(neginf=0.0)
+        rescored = self._mmr(self.relevance.gather(1, top), within, self.informative.gather(1, top))
         ok = valid & (sim_above < self.dup_threshold)
         rank = rescored.masked_fill(~ok, float("-inf")).argsort(dim=-1, descending=True, stable=True)
         ranked, ok = top.gather(1, rank), ok.gather(1, rank)

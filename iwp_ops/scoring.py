@@ -71,19 +71,25 @@ class PairFeatures:
         return expo.mul_(torch.matmul(self.units, other.units.transpose(-1, -2))).sum(1)
 
 
-def pair_features(keys: Tensor, values: Tensor) -> tuple[PairFeatures, Tensor]:
+def pair_features(keys: Tensor, values: Tensor, mask: Tensor | None = None) -> tuple[PairFeatures, Tensor]:
     """Kernel features with zero log weights, and the query-free log Mᵢₕ ``[B, H, N]`` (eq. 8).
 
     ``log Mᵢₕ = ‖kᵢₕ‖²/(2√d) + log‖vᵢₕ‖`` (-inf for zero values; RoPE is a rotation, so
     it leaves this unchanged). The kernel only needs key *differences*, so the keys
     are centred per head first: LLM keys share large offsets, and centring shrinks
-    the fp32 cancellation in ``‖k̂ᵢ‖² + ‖k̂ⱼ‖² − 2k̂ᵢ·k̂ⱼ``.
+    the fp32 cancellation in ``‖k̂ᵢ‖² + ‖k̂ⱼ‖² − 2k̂ᵢ·k̂ⱼ``. The centre is the mean over the
+    candidates ``mask`` ``[B, N]`` (default: all tokens), so tokens that are not candidates
+    (an item's text, a batch's left padding) cannot change an item's features.
     """
     k = keys.float() * keys.shape[-1] ** -0.25
     v = values.float()
     norm = v.norm(dim=-1)
     log_m = 0.5 * k.square().sum(-1) + norm.log()
-    k -= k.mean(2, keepdim=True)
+    if mask is None:
+        k -= k.mean(2, keepdim=True)
+    else:
+        weight = mask[:, None, :, None].to(k.dtype)
+        k -= (k * weight).sum(2, keepdim=True) / weight.sum(2, keepdim=True).clamp(min=1)
     units = v / norm.clamp(min=torch.finfo(torch.float32).tiny)[..., None]
     return PairFeatures(k, 0.5 * k.square().sum(-1), units, torch.zeros_like(norm)), log_m
 
@@ -143,7 +149,7 @@ def relevance(
     The query-aware score (``queries``) changes m̂ only; ``S`` always uses the
     query-free magnitudes, as eq. 12 does.
     """
-    base, free = pair_features(keys, values)
+    base, free = pair_features(keys, values, mask)
     scored = free if queries is None else query_log_magnitude(keys, values, queries)
     layer = combine_heads(free)
     informative = torch.isfinite(layer)

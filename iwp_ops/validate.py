@@ -123,3 +123,21 @@ def indices(indices: Any, batch: int, tokens: int, device: torch.device) -> Tens
     if bool(((indices < -1) | (indices >= tokens)).any()):
         raise ValueError(f"indices must lie in [0, {tokens}) or be -1 (padding)")
     return indices
+
+
+def like_keys(name: str, x: Any, keys: Tensor) -> Tensor:
+    """A second set of keys ``[B, H, N, D]`` (another layer's) of the same shape as ``keys``."""
+    k = float_tensor(name, x, "[B, H, N, D]", 4)
+    if k.shape != keys.shape or k.device != keys.device:
+        raise ValueError(f"{name} must have the keys' shape {list(keys.shape)} on {keys.device}; got {_describe(k)}")
+    return k
+
+
+def padding_mask(x: Any, keys: Tensor) -> Tensor:
+    """``attention_mask`` ``[B, N]``: True for real tokens, False for a batch's padding (default: all real)."""
+    b, _, n, _ = keys.shape
+    if x is None:
+        return torch.ones(b, n, dtype=torch.bool, device=keys.device)
+    if not isinstance(x, Tensor) or x.dtype != torch.bool or tuple(x.shape) != (b, n) or x.device != keys.device:
+        raise ValueError(f"attention_mask must be a bool tensor of shape [{b}, {n}] on {keys.device}; got {_describe(x)}")
+    return x

@@ -81,6 +81,11 @@ def parser() -> argparse.ArgumentParser:
     ev.add_argument("--keep-ratios", default="0.353,0.222,0.111,0.056")
     ev.add_argument("--layer", type=int, default=2, help="decoder layer K that prunes")
     ev.add_argument("--media", default="image,video", help="modalities to evaluate")
+    ev.add_argument("--tune-images", type=int, default=40, help="validation scenes per modality that choose each "
+                    "method's knob (0 with --tune-videos 0: no tuning)")
+    ev.add_argument("--tune-videos", type=int, default=16)
+    ev.add_argument("--tune-ratios", default="0.111,0.056", help="keep ratios at which knobs are compared")
+    ev.add_argument("--threads", type=int, default=2, help="torch threads (pinned: results depend on it)")
     add_submit_commands(sub)
     return p
 
@@ -94,7 +99,9 @@ def run_eval(args: argparse.Namespace) -> None:
     results = evaluate(resolve_model(args.model), split=args.split, images=args.images, videos=args.videos,
                        methods=methods, keep_ratios=ratios, layer=args.layer,
                        media_types=tuple(m.strip() for m in args.media.split(",")),
-                       partial=Path(args.out) / "rows.partial.json")
+                       partial=Path(args.out) / "rows.partial.json", tune_images=args.tune_images,
+                       tune_videos=args.tune_videos, tune_ratios=tuple(float(r) for r in args.tune_ratios.split(",")),
+                       threads=args.threads)
     print(f"report: {write_report(results, args.out)}")
     (Path(args.out) / "rows.partial.json").unlink(missing_ok=True)
 

@@ -12,6 +12,11 @@ LABELS = {"caption_attribute_accuracy": "caption attribute acc.", "caption_exact
           "tag_f1": "tag F1"}
 
 
+def _media(results: dict[str, Any]) -> list[str]:
+    """The modalities the run measured, images first."""
+    return [m for m in ("image", "video") if any(r["media"] == m for r in results["rows"])]
+
+
 def _pct(x: float | None) -> str:
     return "–" if x is None else f"{x:.1f}"
 
@@ -20,17 +25,35 @@ def summary(results: dict[str, Any], metric: str = "caption_attribute_accuracy")
     """Methods x (modality, keep ratio): `metric` as % of unpruned, with the blind floor."""
     ratios = results["keep_ratios"]
     rows = results["rows"]
-    head = " | ".join(f"{m} {100 * r:.1f} %" for m in ("image", "video") for r in ratios)
-    lines = [f"| {LABELS[metric]}, % of unpruned | {head} |", "|---" * (1 + 2 * len(ratios)) + "|"]
+    media = _media(results)
+    head = " | ".join(f"{m} {100 * r:.1f} %" for m in media for r in ratios)
+    lines = [f"| {LABELS[metric]}, % of unpruned | {head} |", "|---" * (1 + len(media) * len(ratios)) + "|"]
     blind = {r["media"]: r["relative"][metric] for r in rows if r["method"] == "blind"}
     if blind:
-        lines.append("| blind (other scene's pixels) | " + " | ".join(_pct(blind.get(m)) for m in ("image", "video")
+        lines.append("| blind (other scene's pixels) | " + " | ".join(_pct(blind.get(m)) for m in media
                                                                       for _ in ratios) + " |")
     for method in results["methods"]:
         by = {(r["media"], r["keep_ratio"]): r["relative"][metric] for r in rows if r["method"] == method}
-        lines.append(f"| {method} | " + " | ".join(_pct(by.get((m, k))) for m in ("image", "video") for k in ratios)
-                     + " |")
+        lines.append(f"| {method} | " + " | ".join(_pct(by.get((m, k))) for m in media for k in ratios) + " |")
     return "\n".join(lines)
+
+
+def tuning_table(results: dict[str, Any]) -> list[str]:
+    """Each tunable method's knob values with their validation score, the official default and the choice."""
+    tuning = results.get("tuning") or {}
+    if not tuning:
+        return []
+    counts, ratios = results["tuning_counts"], ", ".join(f"{100 * r:.1f} %" for r in results["tuning_ratios"])
+    scenes = " and ".join(f"{counts[m]} validation {m}s" for m in _media(results) if counts.get(m))
+    lines = ["### Tuning on the validation split", "",
+             f"Each method's own knob, {scenes} at {ratios} kept; score = mean of caption attribute accuracy and tag F1. The official default is listed first; "
+             "the best value (the default on ties) runs on test as `<method>@val` when it is not the default.", "",
+             "| method | knob | values (val score) | chosen |", "|---|---|---|---|"]
+    for method, t in tuning.items():
+        cells = ", ".join(f"{v:.4g}{' (default)' if i == 0 else ''}: {sc:.3f}"
+                          for i, (v, sc) in enumerate(zip(t["values"], t["scores"])))
+        lines.append(f"| {method} | {t['knob']} | {cells} | {t['chosen']:.4g} |")
+    return lines + [""]
 
 
 def _shown(path: str) -> str:
@@ -43,8 +66,8 @@ def _shown(path: str) -> str:
 
 def markdown(results: dict[str, Any]) -> str:
     """Summary tables, then one table per modality: absolute scores, % of unpruned, fidelity, prefill time."""
-    lines = [f"Model `{_shown(results['model'])}`, split `{results['split']}` "
-             f"({results['counts']['image']} images, {results['counts']['video']} videos, each asked to caption and "
+    scenes = ", ".join(f"{results['counts'][m]} {m}s" for m in _media(results))
+    lines = [f"Model `{_shown(results['model'])}`, split `{results['split']}` ({scenes}, each asked to caption and "
              f"to tag), pruning at decoder layer {results['layer']}.", ""]
     for metric in ("caption_attribute_accuracy", "tag_f1"):
         lines += [summary(results, metric), ""]
@@ -64,6 +87,10 @@ def markdown(results: dict[str, Any]) -> str:
                          f"| {_pct(rel['caption_attribute_accuracy'])} | {r['caption_exact']:.3f} | {r['tag_f1']:.3f} "
                          f"| {_pct(rel['tag_f1'])} | {fid} | {r['prefill_s_per_item']:.3f} |")
         lines.append("")
+    lines += tuning_table(results)
+    env = results.get("environment")
+    if env:
+        lines += ["Run with " + ", ".join(f"{k} {v}" for k, v in env.items()) + ".", ""]
     lines += ["Paper (IWP on LLaVA-OneVision-7B, average over its benchmarks): "
               + ", ".join(f"{v} % of unpruned at {100 * k:.1f} % kept" for k, v in PAPER_RETENTION.items()) + ".", ""]
     return "\n".join(lines)

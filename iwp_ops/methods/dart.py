@@ -1,16 +1,22 @@
 """DART (arXiv 2502.11494): keep the tokens least duplicated with a few pivots.
 
-Official rule (ModelTC/llmc ``token_reduction/dart.py``; the authors' repository
-holds no code): at layer K (default 2), pivots are the 4 image and 4 text tokens
-of largest key L1 norm (layer K−1 keys, heads concatenated); for each pivot in
-turn, keep the not-yet-kept image tokens least cosine-similar to it, in features
-= hidden states after the final norm; image pivots are kept as well.
+Official rule (the authors' ZichenWen1/DART could not be read here; its port in ModelTC/llmc,
+``llmc/compression/token_reduction/dart.py``, ``get_retained_image_token`` with the hooks
+``get_any_states_hook`` and ``pruning_hook`` of ``DART.register_reduction_modules``): at layer
+K (default 2), pivots are the 4 image tokens and the 4 text tokens *after the image* of largest
+key L1 norm, keys taken from layer K−1's attention after the rotary embedding with heads
+concatenated; for each pivot in turn, keep the not-yet-kept image tokens least cosine-similar
+to it, in features = layer K's input hidden states through the model's *final* norm; image
+pivots are kept as well, text pivots are not.
 
-Adaptations: features come from ``hidden=[B, N, E]`` or, when absent, the keys
-with heads concatenated; text pivots are drawn from ``text_mask`` (default: all
-non-candidate tokens; none if there are none); the remaining budget is split over
-the pivots so exactly ``budget`` tokens are kept (llmc rounds each pivot's share
-down). Pivots are visited image first, then text, each by descending norm.
+What the hook passes: ``prior_keys`` = layer K−1's rotated keys, ``hidden`` = the final norm
+of layer K's input, so pivots and features are the official ones. Differences that remain:
+the remaining budget is split over the pivots so exactly ``budget`` tokens are kept (llmc
+gives each pivot ``⌈budget // pivots⌉`` and so keeps a few fewer), and pivots are visited
+image first, then text, each by descending norm (llmc iterates a Python set). Without
+``prior_keys`` the scored keys stand in; without ``hidden``, those keys with heads
+concatenated. ``text_mask`` overrides the text pivots' pool (default: every token after the
+item's last candidate, which left padding never reaches).
 """
 
 from __future__ import annotations
@@ -29,8 +35,8 @@ def _top_pivots(norm: Tensor, allowed: Tensor, count: int) -> tuple[Tensor, Tens
     return top.indices, top.values > float("-inf")
 
 
-def select(req: Request, *, hidden: Tensor | None = None, image_pivots: int = 4, text_pivots: int = 4,
-           text_mask: Tensor | None = None) -> Tensor:
+def select(req: Request, *, hidden: Tensor | None = None, prior_keys: Tensor | None = None, image_pivots: int = 4,
+           text_pivots: int = 4, text_mask: Tensor | None = None) -> Tensor:
     """``budget`` tokens: image pivots plus, per pivot, its least similar candidates."""
     b, h, n, d = req.shape
     image_pivots = validate.positive_int("image_pivots", image_pivots)
@@ -39,9 +45,13 @@ def select(req: Request, *, hidden: Tensor | None = None, image_pivots: int = 4,
         features = req.keys.float().transpose(1, 2).reshape(b, n, h * d)
     else:
         features = validate.token_features("hidden", hidden, req.keys).float()
-    text = ~req.mask if text_mask is None else validate.mask(text_mask, b, n, req.keys.device)
+    pivot_keys = req.keys if prior_keys is None else validate.like_keys("prior_keys", prior_keys, req.keys)
+    if text_mask is None:
+        text = req.mask.flip(-1).cumsum(-1).flip(-1) == 0  # after the item's last candidate
+    else:
+        text = validate.mask(text_mask, b, n, req.keys.device)
     units = features / features.norm(dim=-1, keepdim=True).clamp(min=torch.finfo(torch.float32).tiny)
-    norm = req.keys.float().abs().sum((1, 3))
+    norm = pivot_keys.float().abs().sum((1, 3))
 
     img, img_ok = _top_pivots(norm, req.mask, image_pivots)
     img_ok &= torch.arange(img.shape[1], device=img.device) < req.budget[:, None]

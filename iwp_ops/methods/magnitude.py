@@ -1,7 +1,9 @@
 """Magnitude-only: IWP without the duplication term (the paper's ablation, arXiv 2604.00757).
 
-Keeps the tokens of largest information magnitude — exactly PC-MMR with ``lam=1`` —
-which the paper shows collapses onto near-duplicates of heavy tokens.
+Keeps the tokens of largest information magnitude: PC-MMR with ``lam=1`` and its in-chunk
+suppression off (``dup_threshold`` above 1), with IWP's defaults for everything else
+(``heads="mean"``, ``normalise``), so the only difference from ``iwp`` is the duplication
+term. The paper shows this collapses onto near-duplicates of heavy tokens.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from ..request import Request
 from ..scoring import HEAD_MODES, NORMALISATIONS, relevance
 
 
-def select(req: Request, *, heads: str = "layer", normalise: str = "log_minmax",
+def select(req: Request, *, heads: str = "mean", normalise: str = "log_minmax",
            queries: Tensor | None = None) -> Tensor:
     """Top-``budget`` candidates by normalised magnitude m̂ (options as for ``iwp``); zero-ΔW tokens last."""
     heads = validate.choice("heads", heads, HEAD_MODES)

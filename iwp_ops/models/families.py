@@ -41,6 +41,7 @@ class Family:
     architectures: tuple[str, ...]
     deepstack: bool = False  # the text model adds vision features at the visual positions of its first layers
     qwen_vision: bool = False  # a Qwen vision tower: packed attention, flat patch embedding, compiled blocks apply
+    grids: bool = False  # inputs carry image_grid_thw / video_grid_thw, so each visual token's frame is known
 
     def matches(self, model: nn.Module) -> bool:
         return type(model).__name__ in self.architectures
@@ -55,9 +56,10 @@ class Family:
 
 
 FAMILIES: tuple[Family, ...] = (
-    Family("qwen2_vl", ("Qwen2VLForConditionalGeneration", "Qwen2_5_VLForConditionalGeneration"), qwen_vision=True),
+    Family("qwen2_vl", ("Qwen2VLForConditionalGeneration", "Qwen2_5_VLForConditionalGeneration"), qwen_vision=True,
+           grids=True),
     Family("qwen3_vl", ("Qwen3VLForConditionalGeneration", "Qwen3VLMoeForConditionalGeneration"), deepstack=True,
-           qwen_vision=True),
+           qwen_vision=True, grids=True),
     Family("llava_onevision", ("LlavaOnevisionForConditionalGeneration",)),
 )
 

@@ -27,8 +27,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..methods import layer_inputs
 from . import layer_k
 from .families import Family, family_of
+from .frame_ids import frame_ids
 from .settings import PruningSettings
 
 
@@ -70,6 +72,8 @@ class PruningHandle:
         self._hooks: list[Any] = []
         self._deepstack_wrapper: Any = None
         settings.validate(len(self.language_model.layers))
+        if settings.per_frame and not family.grids:
+            raise ValueError(f"per_frame needs the image/video grids of the Qwen families; {family.name} has none")
         self.settings = settings
         self._install()
 
@@ -79,7 +83,9 @@ class PruningHandle:
         replaces the previous method options."""
         settings = self.settings.changed(**changes)
         settings.validate(len(self.language_model.layers))
-        relayer = settings.layer != self.settings.layer
+        if settings.per_frame and not self.family.grids:
+            raise ValueError(f"per_frame needs the image/video grids of the Qwen families; {self.family.name} has none")
+        relayer = (settings.layer, settings.prior_layer) != (self.settings.layer, self.settings.prior_layer)
         if relayer:
             self._uninstall()
         self.settings = settings
@@ -119,6 +125,10 @@ class PruningHandle:
             self.model.register_forward_pre_hook(self._on_model_call, with_kwargs=True),
             self.language_model.register_forward_pre_hook(self._on_language_model_call, with_kwargs=True),
         ]
+        prior = self.settings.prior_layer
+        if prior < self.settings.layer:
+            self._hooks.append(self.language_model.layers[prior].register_forward_pre_hook(self._on_prior_layer,
+                                                                                          with_kwargs=True))
         for index, module in enumerate(self.language_model.layers):
             if index >= self.settings.layer:
                 self._originals[index] = module.forward
@@ -160,6 +170,16 @@ class PruningHandle:
         counts, lengths = torch.stack([visual.sum(-1), attention.sum(-1)]).tolist()
         if any(counts):
             self._call = layer_k.Call.start(self.settings, visual, attention, counts, lengths)
+            if self.settings.per_frame:
+                grids = list(zip(self.visual_ids, (kwargs.get("image_grid_thw"), kwargs.get("video_grid_thw"))))
+                self._call.frame_ids = frame_ids(input_ids, visual, grids,
+                                                 self.model.config.vision_config.spatial_merge_size)
+
+    def _on_prior_layer(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        """Keep the attention layer's input for methods that read its queries and keys (FastV, DART)."""
+        call = self._call
+        if call is not None and call.kept_mask is None and layer_inputs(self.settings.method).prior_layer:
+            call.prior = (args[0] if args else kwargs["hidden_states"], kwargs["position_embeddings"])
 
     def _on_language_model_call(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
         call = self._call
@@ -174,7 +194,8 @@ class PruningHandle:
             if index == self.settings.layer:
                 config = self.language_model.config
                 if call.kept_mask is None:
-                    hidden_states, stats = layer_k.prune(call, self.settings, layer, hidden_states, kwargs, config)
+                    hidden_states, stats = layer_k.prune(call, self.settings, layer, hidden_states, kwargs,
+                                                          self.language_model)
                     self._hold(stats, _kept_ranks(call) if self.record_kept_tokens else None)
                 else:
                     layer_k.extend(call, hidden_states, config)

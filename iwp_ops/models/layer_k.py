@@ -17,6 +17,8 @@ from torch import Tensor, nn
 
 from ..budget import adaptive_budget
 from ..fidelity import unchecked_fidelity
+from ..methods import layer_inputs
+from ..request import Request
 from ..select import select_tokens, select_trusted
 from .settings import PruningSettings
 
@@ -36,6 +38,9 @@ class Call:
     kept_mask: Tensor | None = None
     order: Tensor | None = None
     rotary: tuple[Tensor, Tensor] | None = None
+    # The attention layer's input hidden states and rotary tables (FastV's and DART's K−1).
+    prior: tuple[Tensor, tuple[Tensor, Tensor]] | None = None
+    frame_ids: Tensor | None = None
     overrides: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -73,46 +78,69 @@ def gather_tokens(x: Tensor, index: Tensor) -> Tensor:
 
 
 def prune(call: Call, settings: PruningSettings, layer: nn.Module, hidden: Tensor, kwargs: dict[str, Any],
-          config: Any) -> tuple[Tensor, Tensor]:
+          language_model: nn.Module) -> tuple[Tensor, Tensor]:
     """Select at layer K; returns the kept hidden states and the per-item stats (on the device).
 
     The selection is discrete and runs without autograd; the gather keeps the graph, so a
     model trained with pruning on still gets gradients in the layers below K.
     """
     with torch.no_grad():
-        call.order, stats = _select(call, settings, layer, hidden, kwargs, config)
+        call.order, stats, merged = _select(call, settings, layer, hidden, kwargs, language_model)
+    if merged is not None:  # merged rows replace their tokens' states; the others keep their graph
+        hidden = torch.where(merged[1][..., None], merged[0], hidden)
     return gather_tokens(hidden, call.order), stats
 
 
-def _method_inputs(call: Call, settings: PruningSettings, attn: nn.Module, normed: Tensor, cos: Tensor,
-                   sin: Tensor) -> dict[str, Any]:
-    """The method's options plus what it takes from the layer: its normed input, the input
-    embeddings, the last prompt tokens' queries."""
+def _method_inputs(call: Call, settings: PruningSettings, layers: Any, norm: nn.Module, hidden: Tensor,
+                   normed: Tensor, rotary: tuple[Tensor, Tensor]) -> dict[str, Any]:
+    """The method's options plus what it takes from the model (`methods.LAYER_INPUTS`): layer K's
+    normed input (or its final-norm image), the input embeddings, the padding mask, the items'
+    frame ids, and queries — the last prompt tokens', or every token's — with the keys of the
+    attention layer where the method reads that layer."""
     options = dict(settings.options)
     accepted = settings.accepted
+    needs = layer_inputs(settings.method)
     if "hidden" in accepted:
-        options.setdefault("hidden", normed)
+        options.setdefault("hidden", norm(hidden) if needs.final_norm else normed)
     if "embeddings" in accepted and call.embeddings is not None:
         options.setdefault("embeddings", call.embeddings)
+    if "attention_mask" in accepted:
+        options.setdefault("attention_mask", call.attention)
+    if "frame_ids" in accepted and call.frame_ids is not None:
+        options.setdefault("frame_ids", call.frame_ids)
+    attn, source, (cos, sin) = layers[settings.layer].self_attn, normed, rotary
+    if needs.prior_layer and call.prior is not None:
+        prior = layers[settings.prior_layer]
+        attn, source, (cos, sin) = prior.self_attn, prior.input_layernorm(call.prior[0]), call.prior[1]
+    if "prior_keys" in accepted:
+        k = _heads(attn.k_proj, source, attn.head_dim, getattr(attn, "k_norm", None))
+        options.setdefault("prior_keys", _rope(k, cos, sin) if settings.rotary_keys else k)
     if "queries" in settings.required or ("queries" in accepted and settings.query_aware):
-        t = settings.query_tokens
-        q = _heads(attn.q_proj, normed[:, -t:], attn.head_dim, getattr(attn, "q_norm", None))
+        t = source.shape[1] if needs.all_queries else settings.query_tokens
+        q = _heads(attn.q_proj, source[:, -t:], attn.head_dim, getattr(attn, "q_norm", None))
         options.setdefault("queries", _rope(q, cos[:, -t:], sin[:, -t:]) if settings.rotary_keys else q)
     return options
 
 
 def _select(call: Call, settings: PruningSettings, layer: nn.Module, hidden: Tensor, kwargs: dict[str, Any],
-            config: Any) -> tuple[Tensor, Tensor]:
-    """Score and select; set up the rotary rows and masks of the kept sequence; return the gather order."""
+            language_model: nn.Module) -> tuple[Tensor, Tensor, tuple[Tensor, Tensor] | None]:
+    """Score and select; set up the rotary rows and masks of the kept sequence; return the gather
+    order, the stats and, for a merging method, the rewritten hidden states with their rows' mask."""
     attn = layer.self_attn
     cos, sin = kwargs["position_embeddings"]
     normed = layer.input_layernorm(hidden)
     raw_keys = _heads(attn.k_proj, normed, attn.head_dim, getattr(attn, "k_norm", None))
     keys = _rope(raw_keys, cos, sin)
     values = _heads(attn.v_proj, normed, attn.head_dim)
-    options = _method_inputs(call, settings, attn, normed, cos, sin)
+    config = language_model.config
+    options = _method_inputs(call, settings, language_model.layers, language_model.norm, hidden, normed, (cos, sin))
     scored = keys if settings.rotary_keys else raw_keys
-    if call.budget is None:
+    merge = layer_inputs(settings.method).merge
+    merged = None
+    if merge is not None and call.budget is not None:
+        selected, rewritten = merge(Request(scored, values, call.visual, call.budget, call.width), hidden, **options)
+        merged = (rewritten, rewritten.ne(hidden).any(-1))
+    elif call.budget is None:
         hi = settings.max_tokens if settings.max_tokens is not None else keys.shape[2]
         budget = adaptive_budget(keys, values, settings.fidelity_target, min_tokens=settings.min_tokens, max_tokens=hi,
                                  mask=call.visual, **options)
@@ -138,7 +166,7 @@ def _select(call: Call, settings: PruningSettings, layer: nn.Module, hidden: Ten
     if isinstance(position_ids, Tensor) and position_ids.shape[-1] == length:
         lead = position_ids.shape[:-2]
         call.overrides["position_ids"] = position_ids.expand(*lead, b, length).gather(-1, order.expand(*lead, -1, -1))
-    return order, stats
+    return order, stats, merged
 
 
 def extend(call: Call, hidden: Tensor, config: Any) -> None:

@@ -12,7 +12,7 @@ from ..methods import lookup
 from ..select import check_options, method_inputs
 
 # What the model hook hands a method from the layer itself, when the method takes it.
-HOOK_INPUTS = frozenset({"hidden", "embeddings", "queries"})
+HOOK_INPUTS = frozenset({"hidden", "embeddings", "queries", "prior_keys", "attention_mask"})
 
 
 def per_item(value: Any) -> list[Any]:
@@ -34,7 +34,12 @@ class PruningSettings:
     always get them). `rotary_keys` scores with keys, and queries, after the rotary embedding,
     the paper's default: positions then enter IWP's duplication term, while a rotation keeps
     the norms the query-free magnitude reads; False scores with them before it, the ablation
-    (recorded fidelity always uses the rotated keys). `options` go to the selection method.
+    (recorded fidelity always uses the rotated keys). `attention_layer` is the decoder layer,
+    at most K, whose queries and keys FastV's attention row and DART's pivots read (default
+    K−1, as their official code; K when K = 0). `per_frame` gives methods that take `frame_ids`
+    each visual token's frame within its own item (one per image, one per temporal patch of a
+    video; Qwen families only), so their budgets split equally over the item's frames.
+    `options` go to the selection method.
     """
 
     method: str = "iwp"
@@ -48,6 +53,8 @@ class PruningSettings:
     query_aware: bool = False
     rotary_keys: bool = True
     record_fidelity: bool = True
+    attention_layer: int | None = None
+    per_frame: bool = False
     options: dict[str, Any] = field(default_factory=dict)
 
     def changed(self, **changes: Any) -> PruningSettings:
@@ -77,11 +84,18 @@ class PruningSettings:
         """The inputs the method cannot run without."""
         return method_inputs(self.method_fn)[1]
 
+    @property
+    def prior_layer(self) -> int:
+        """The layer whose queries and keys FastV and DART read."""
+        return self.attention_layer if self.attention_layer is not None else max(0, self.layer - 1)
+
     def validate(self, layers: int) -> None:
         """Refuse what no call could honour, naming the setting (`layers`: the model's decoder depth)."""
         check_options(self.method, self.method_fn, self.options, supplied=HOOK_INPUTS)
         if not 0 <= self.layer < layers:
             raise ValueError(f"layer must be in [0, {layers - 1}] for this model, got {self.layer}")
+        if self.attention_layer is not None and not 0 <= self.attention_layer <= self.layer:
+            raise ValueError(f"attention_layer must be in [0, layer={self.layer}], got {self.attention_layer}")
         if any(not 0.0 < float(r) <= 1.0 for r in per_item(self.keep_ratio)):
             raise ValueError(f"keep_ratio must be in (0, 1], got {self.keep_ratio}")
         if self.fidelity_target is not None:

@@ -29,6 +29,8 @@ def method_options(method: str, keys: Tensor, seed: int = 0) -> dict:
     g = torch.Generator().manual_seed(seed + 1)
     if method == "fastv":
         return {"queries": torch.randn(b, 2 * h, 3, d, generator=g).to(keys.dtype)}
+    if method == "visionzip":
+        return {"queries": torch.randn(b, 2 * h, n, d, generator=g).to(keys.dtype)}
     if method == "divprune":
         return {"embeddings": torch.randn(b, n, 6, generator=g).to(keys.dtype)}
     if method == "random":

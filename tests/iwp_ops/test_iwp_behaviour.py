@@ -165,17 +165,24 @@ def test_query_aware_iwp_follows_the_query(ref):
     assert iwp_ops.select_tokens(keys, values, 1, queries=queries).tolist() == [[expected]]
 
 
+def received(keys, queries):
+    """Mean over query rows and heads of each row's softmax attention over all 20 candidates (√d = 2)."""
+    k, q = keys[0].double(), queries[0].double()
+    group = q.shape[0] // k.shape[0]
+    rows = [(q[h] @ k[h // group].T / 2.0).softmax(-1).mean(0) for h in range(q.shape[0])]
+    return torch.stack(rows).mean(0)
+
+
 def test_visionzip_dominant_targets_and_merged_features(ref):
     keys, values = ref.make_kv(4, 1, 2, 20, 4)
     hidden = torch.randn(1, 20, 3, generator=torch.Generator().manual_seed(0))
     budget = 8  # round(8 * 54/64) = 7 dominant + 1 contextual target
-    kept = iwp_ops.select_tokens(keys, values, budget, method="visionzip")
-    k = keys[0].double()  # keys stand in for the queries; d = 4, so √d = 2
-    received = torch.stack([(k[h] @ k[h].T / 2.0).softmax(-1).mean(0) for h in range(2)]).mean(0)
-    dominant = set(received.topk(7).indices.tolist())
+    queries = torch.randn(1, 4, 20, 4, generator=torch.Generator().manual_seed(2))
+    kept = iwp_ops.select_tokens(keys, values, budget, method="visionzip", queries=queries)
+    dominant = set(received(keys, queries).topk(7).indices.tolist())
     rest = [i for i in range(20) if i not in dominant]
     assert set(kept[0].tolist()) == dominant | {rest[0]}
-    indices, features = iwp_ops.visionzip_merged_features(keys, values, budget, hidden)
+    indices, features = iwp_ops.visionzip_merged_features(keys, values, budget, hidden, queries=queries)
     assert indices.tolist() == kept.tolist()
     merged = hidden[0, rest[0]] + hidden[0, rest[1:]].mean(0)  # one target: everything else merges into it
     row = kept[0].tolist().index(rest[0])
@@ -188,10 +195,10 @@ def test_visionzip_dominant_targets_and_merged_features(ref):
 def test_visionzip_merges_each_token_into_its_most_similar_target(ref):
     keys, values = ref.make_kv(9, 1, 2, 20, 4)
     hidden = torch.randn(1, 20, 3, generator=torch.Generator().manual_seed(1))
-    indices, features = iwp_ops.visionzip_merged_features(keys, values, 10, hidden)  # 8 dominant + 2 targets
+    queries = torch.randn(1, 2, 20, 4, generator=torch.Generator().manual_seed(3))
+    indices, features = iwp_ops.visionzip_merged_features(keys, values, 10, hidden, queries=queries)  # 8 + 2
     k = keys[0].double()
-    received = torch.stack([(k[h] @ k[h].T / 2.0).softmax(-1).mean(0) for h in range(2)]).mean(0)
-    dominant = set(received.topk(8).indices.tolist())
+    dominant = set(received(keys, queries).topk(8).indices.tolist())
     rest = [i for i in range(20) if i not in dominant]
     targets = [rest[0], rest[6]]  # stride ⌊12 / 2⌋ = 6
     assert set(indices[0].tolist()) == dominant | set(targets)

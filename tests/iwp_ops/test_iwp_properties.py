@@ -55,6 +55,8 @@ def options(method, keys, seed):
     g = torch.Generator().manual_seed(seed)
     if method == "fastv":
         return {"queries": torch.randn(b, 2 * h, 2, d, generator=g)}
+    if method == "visionzip":
+        return {"queries": torch.randn(b, 2 * h, n, d, generator=g)}
     if method == "divprune":
         return {"embeddings": torch.randn(b, n, 3, generator=g).masked_fill(torch.rand(b, n, 1, generator=g) < 0.2, 0)}
     if method == "random":

@@ -1,6 +1,7 @@
 """The eval job on a tiny random model: every configuration runs, relatives and reports are right."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -60,3 +61,61 @@ def test_report_names_a_model_inside_the_working_directory_by_its_relative_path(
     monkeypatch.chdir(tmp_path)
     assert _shown(str(tmp_path / "reference" / "model")) == "reference/model"
     assert _shown("/elsewhere/model") == "/elsewhere/model"
+
+
+def test_every_tunable_method_is_tuned_on_its_own_knob_and_ties_keep_the_default(monkeypatch):
+    """Each knob value runs on the given (validation) data; the best score wins and a tie keeps the
+    official default; the test rows are each method at its defaults plus `<method>@val` where the
+    choice differs."""
+    import jobs.eval as ev
+
+    seen = []
+
+    def fake_run(model, processor, handle, items, method, ratio, size, **settings):
+        seen.append((method, ratio, settings))
+        good = {"fastv": settings.get("attention_layer") == 2, "dart": True}.get(method, False)
+        return {"caption_attribute_accuracy": 0.9 if good else 0.5, "tag_f1": 1.0, "samples": []}
+
+    monkeypatch.setattr(ev, "run_config", fake_run)
+    tuning = ev.tune(None, None, None, {"image": ["x"]}, ("fastv", "dart", "random"), (0.056,), 4, progress=False)
+    assert set(tuning) == {"fastv", "dart"}
+    assert tuning["fastv"]["chosen"] == 2 and tuning["dart"]["chosen"] == 4  # dart: all tie, default kept
+    assert ("dart", 0.056, {"image_pivots": 8, "text_pivots": 8}) in seen
+    assert ev.configurations(("fastv", "dart", "random"), tuning) == [
+        ("fastv", "fastv", {}), ("fastv@val", "fastv", {"attention_layer": 2}), ("dart", "dart", {}),
+        ("random", "random", {})]
+
+
+def test_the_committed_report_reproduces_at_head():
+    """One low-budget cell per modality of reports/eval, rerun from the report's own settings.
+
+    With the recorded torch threads and versions the answers are identical on the machine that
+    made the report; another CPU may sum in another order and flip a greedy answer at a
+    near-tie, so caption accuracy may move by one caption of the cell (1/scenes); kept-token
+    counts depend on no float and must match exactly."""
+    import torch
+
+    import iwp_ops
+    from jobs.default_model import default_model_path
+    from jobs.eval import knob_settings, load, prepare, run_config
+
+    for media in ("image", "video"):
+        path = Path(__file__).parents[2] / "reports" / "eval" / media / "results.json"
+        committed = json.loads(path.read_text())
+        torch.set_num_threads(committed["environment"]["torch_threads"])
+        row = next(r for r in committed["rows"] if r["method"] == "fastv" and r["keep_ratio"] == 0.056)
+        model, processor = load(default_model_path())
+        handle = iwp_ops.enable_pruning(model, layer=committed["layer"])
+        counts = {"image": 0, "video": 0, media: committed["counts"][media]}
+        items = prepare(processor, committed["split"], counts)[media]
+        got = run_config(model, processor, handle, items, "fastv", 0.056, 16 if media == "image" else 4)
+        scenes = committed["counts"][media]
+        assert got["kept_tokens_mean"] == row["kept_tokens_mean"]
+        assert got["caption_attribute_accuracy"] == pytest.approx(row["caption_attribute_accuracy"], abs=1 / scenes)
+        assert got["tag_f1"] == pytest.approx(row["tag_f1"], abs=1 / scenes)
+        tuned = committed["tuning"].get("fastv")
+        if tuned is not None:
+            best = max(tuned["scores"])
+            assert tuned["scores"][tuned["values"].index(tuned["chosen"])] == best
+            assert tuned["chosen"] == next(v for v, s in zip(tuned["values"], tuned["scores"]) if s == best)
+            assert knob_settings("fastv", tuned["chosen"]) == {"attention_layer": tuned["chosen"]}
