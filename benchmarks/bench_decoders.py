@@ -4,7 +4,11 @@ For each codec (H.264 and AV1, 640x480, 30 fps, `--seconds` long, made with PyAV
 decoder importable here takes `--frames` uniformly sampled frames, resized to 448 on the long
 side, in one process with one thread: decord (seeking, as `pipeline.decode` does) and PyAV
 (decoding in order up to the last sampled frame, the fallback path). Reported: seconds per
-clip and sampled frames per second of one core, the best of `--repeats`. The `decord` module
+clip and sampled frames per second of one core, the best of `--repeats`. Beside them, where an
+`ffmpeg` binary is on PATH, the ffmpeg CLI takes the same number of frames the fastest way it
+can, one seeking call per frame (`-ss T -i clip -frames:v 1`, one decoder thread, scaled to 448,
+raw rgb24 to a pipe); its figure is frames per CPU-second of the ffmpeg processes, so process
+start-up is counted, as it would be for a pipeline that shelled out to ffmpeg. The `decord` module
 is whichever is on the path: run once as is (decord 0.6.0) and once with decord2 first on
 PYTHONPATH (`pip install --target DIR decord2`; same module name) to compare the two.
 
@@ -18,6 +22,9 @@ import argparse
 import json
 import os
 import platform
+import resource
+import shutil
+import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -57,6 +64,18 @@ def best(fn, repeats: int) -> float | None:
     return min(times)
 
 
+def ffmpeg_cpu_seconds(ffmpeg: str, path: Path, seconds: int, frames: int) -> float:
+    """CPU seconds the ffmpeg CLI spends taking `frames` frames spread uniformly over the clip."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    for i in range(frames):
+        at = (i + 0.5) * seconds / frames
+        subprocess.run([ffmpeg, "-v", "error", "-threads", "1", "-ss", f"{at:.3f}", "-i", str(path), "-frames:v", "1",
+                        "-vf", "scale=448:-2", "-f", "rawvideo", "-pix_fmt", "rgb24", "-"],
+                       check=True, stdout=subprocess.DEVNULL)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+
+
 def main() -> None:
     import decord
 
@@ -79,6 +98,11 @@ def main() -> None:
                 seconds = best(fn, args.repeats)
                 rows.append({"codec": codec, "decoder": decoder, "seconds": None if seconds is None else round(seconds, 3),
                              "sampled_frames_per_s": None if seconds is None else round(args.frames / seconds, 1)})
+            ffmpeg = shutil.which("ffmpeg")
+            if ffmpeg:
+                cpu = min(ffmpeg_cpu_seconds(ffmpeg, path, args.seconds, args.frames) for _ in range(args.repeats))
+                rows.append({"codec": codec, "decoder": "ffmpeg-cli", "seconds": round(cpu, 3),
+                             "sampled_frames_per_s": round(args.frames / cpu, 1), "seconds_are": "cpu"})
     print(f"{decord_name}; {args.seconds} s 640x480 clips, {args.frames} frames sampled")
     print(f"{'codec':>6} {'decoder':>8} {'s/clip':>8} {'frames/s':>9}")
     for r in rows:
