@@ -1,5 +1,6 @@
 """Videos people actually have decode: a codec matrix generated with PyAV, through the decode
-stage (`decode_row`, in its isolated child process as in a job), and phone clips come out upright."""
+stage (`decode_row`, in its isolated child process as in a job) and through a whole job, and
+phone clips come out upright."""
 
 from __future__ import annotations
 
@@ -76,3 +77,30 @@ def test_phone_clip_comes_out_upright(codec, tmp_path):
         assert frames.shape == (1, h, w, 3), max_side
         corner = frames[0, :side, -side:].mean()  # the top-left square, turned clockwise, is top-right
         assert corner > 200 and frames[0, -side:, :side].mean() < 60, (max_side, corner)
+
+
+def test_every_codec_and_a_phone_clip_through_a_whole_job(tmp_path, tiny_model_dir, ray_local):
+    """The matrix through the real pipeline (decode, preprocess, model, sink): every clip an ok row
+    with its sampled frames, the phone clip's frames upright in the model's input size."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from pipeline.config import ModelConfig, PipelineConfig
+    from pipeline.run import run_pipeline
+    from pipeline.sink import read_results
+
+    clips = {name: encode(tmp_path / f"{name}.{suffix}", encoder, pix_fmt) for name, (encoder, suffix, pix_fmt) in CODECS.items()}
+    clips["phone"] = encode(tmp_path / "phone.mp4", *CODECS["h264"][::2], rotation=-90)
+    manifest = tmp_path / "manifest.parquet"
+    pq.write_table(pa.Table.from_pylist([{"id": name, "uri": str(path)} for name, path in clips.items()]), manifest)
+    cfg = PipelineConfig(input=str(manifest), output={"path": str(tmp_path / "out"), "record_kept_tokens": True},
+                         model=ModelConfig(path=str(tiny_model_dir)), sampling=SamplingConfig(num_frames=4),
+                         generation={"max_new_tokens": 2})
+    report = run_pipeline(cfg)
+    rows = {r["id"]: r for r in read_results(cfg.output.path).to_pylist()}
+    assert report.this_run.failed == 0 and set(rows) == set(clips)
+    for name, row in rows.items():
+        assert row["status"] == "ok" and row["media_type"] == "video" and row["num_frames"] == 4, (name, row["error"])
+        grid = row["kept_token_indices"]
+        # the model saw each clip as stored (landscape), the phone clip turned upright (portrait)
+        assert (grid["grid_h"] > grid["grid_w"]) == (name == "phone"), (name, grid["grid_h"], grid["grid_w"])
