@@ -42,7 +42,7 @@ def job_config(args: argparse.Namespace) -> JobSpec:
         flags["model.path"] = resolve_model(flags.get("model.path"))
     cfg = spec_from_data(overlay(data, flags), source)
     if not os.path.isdir(cfg.model.path):
-        raise FileNotFoundError(f"model.path {cfg.model.path!r} in {args.spec} is not a local model directory")
+        raise FileNotFoundError(f"model.path {cfg.model.path!r} in {source} is not a local model directory")
     return cfg
 
 

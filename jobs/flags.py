@@ -78,6 +78,7 @@ class Flag:
     info: FieldInfo
     kind: Literal["text", "value", "bool", "list", "pool", "options"]
     choices: tuple[str, ...] | None
+    nullable: bool = False  # the field takes null: `--FLAG null` gives it
 
     @property
     def dest(self) -> str:
@@ -109,6 +110,10 @@ def _kind(annotation: Any) -> str:
     return "value"
 
 
+def _nullable(annotation: Any) -> bool:
+    return typing.get_origin(annotation) in (typing.Union, types.UnionType) and type(None) in typing.get_args(annotation)
+
+
 def _choices(annotation: Any) -> tuple[str, ...]:
     args = typing.get_args(annotation)
     return args if typing.get_origin(annotation) is Literal else ()
@@ -136,7 +141,7 @@ def job_flags() -> list[Flag]:
         info = infos[0]
         choices = tuple(c for i in infos for c in _choices(i.annotation)) or None
         flags.append(Flag(path, NAMES.get(path, path.replace(".", "-").replace("_", "-")), info,
-                          _kind(info.annotation), choices))
+                          _kind(info.annotation), choices, _nullable(info.annotation)))
     return flags
 
 
@@ -176,6 +181,8 @@ def _scalar(text: str) -> Any:
 
 
 def _value(flag: Flag, raw: Any) -> Any:
+    if flag.nullable and raw == "null":
+        return None
     if flag.kind in ("text", "bool"):
         return raw
     if flag.kind == "value":
@@ -201,8 +208,12 @@ def given_flags(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def overlay(data: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]:
-    """`data` with each value set at its field path (sections made where missing)."""
+    """`data` with each value set at its field path (sections made where missing). Method options
+    are added to the spec's; a task kind other than the spec's starts the task anew."""
     out = {k: dict(v) if isinstance(v, dict) else v for k, v in data.items()}
+    task = out.get("task")
+    if "task.kind" in values and isinstance(task, dict) and task.get("kind") != values["task.kind"]:
+        out["task"] = {}
     for path, value in values.items():
         *sections, leaf = path.split(".")
         node = out
@@ -211,8 +222,9 @@ def overlay(data: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]:
             # A section given as one string is its path (`output: DIR`, see OutputConfig).
             node[section] = {"path": current} if isinstance(current, str) else dict(current)
             node = node[section]
-        node[leaf] = value
+        given = node.get(leaf)
+        node[leaf] = {**given, **value} if path == "pruning.options" and isinstance(given, dict) else value
     task = out.get("task")
-    if isinstance(task, dict) and "kind" not in task:
+    if any(p.startswith("task.") for p in values) and isinstance(task, dict) and "kind" not in task:
         task["kind"] = "caption"  # the default task, so a stray tag setting is refused by name
     return out

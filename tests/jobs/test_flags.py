@@ -162,3 +162,16 @@ def test_help_shows_the_models_defaults(capsys):
 def test_a_malformed_option_flag_is_a_usage_error():
     with pytest.raises(UsageError, match="--prune-option takes KEY=VALUE"):
         job_config(parser().parse_args(_argv({}) + ["--prune-option", "lam"]))
+
+
+def test_flags_add_to_a_specs_method_options_switch_its_task_and_clear_its_push(tmp_path):
+    spec = tmp_path / "job.yaml"
+    spec.write_text(yaml.safe_dump(_nested({"pruning.options": {"lam": 0.5, "heads": "layer"},
+                                            "task.kind": "tag", "task.vocabulary": ["red"],
+                                            "metrics.pushgateway": "http://gw:9091"})))
+    cfg = job_config(parser().parse_args(["run", str(spec), "--prune-option", "lam=0.25", "--task", "caption",
+                                          "--pushgateway", "null"]))
+    assert cfg.pruning.options == {"lam": 0.25, "heads": "layer"}
+    assert cfg.task.kind == "caption" and cfg.metrics.pushgateway is None
+    kept = job_config(parser().parse_args(["run", str(spec)]))
+    assert kept.task.kind == "tag" and kept.task.vocabulary == ("red",) and kept.metrics.pushgateway == "http://gw:9091"
