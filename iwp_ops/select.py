@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import inspect
 from typing import Any
 
@@ -12,8 +13,10 @@ from .methods import lookup
 from .request import Request, build
 
 
+@functools.cache
 def method_inputs(fn: Any) -> tuple[tuple[str, ...], frozenset[str]]:
-    """A method's keyword options in order, and those it cannot run without."""
+    """A method's keyword options in order, and those it cannot run without. Cached: the model
+    hook asks on every call, and a signature never changes."""
     accepted = [p for p in inspect.signature(fn).parameters.values() if p.kind is p.KEYWORD_ONLY]
     return tuple(p.name for p in accepted), frozenset(p.name for p in accepted if p.default is p.empty)
 
