@@ -43,7 +43,7 @@ def select_tokens(keys: Tensor, values: Tensor, budget: int | Tensor, *, method:
     a ``LongTensor[B]``. Each row holds ``min(budget, candidates)`` unique candidate
     indices in ascending order, then -1 up to the width. ``method`` picks one of
     ``iwp`` (default), ``magnitude``, ``random``, ``uniform``, ``fastv``,
-    ``divprune``, ``dart``, ``visionzip``; ``options`` go to it (see each method's
+    ``divprune``, ``dart``, ``visionzip``, ``evs``, ``cdpruner``; ``options`` go to it (see each method's
     docstring). Bad inputs raise ``ValueError``.
     """
     fn = lookup(method)

@@ -52,7 +52,7 @@ class GenerationConfig(_Strict):
 class PruningConfig(_Strict):
     """Visual-token pruning inside the model (`iwp_ops.enable_pruning`); method "none" turns it off."""
 
-    method: str = Field("iwp", description="'none', or an iwp_ops method: iwp, magnitude, random, uniform, fastv, divprune, dart, visionzip")
+    method: str = Field("iwp", description="'none', or an iwp_ops method: iwp, magnitude, random, uniform, fastv, divprune, dart, visionzip, evs, cdpruner")
     keep_ratio: float = Field(0.222, gt=0, le=1, description="share of each item's visual tokens kept")
     layer: int = Field(2, ge=0, description="decoder layer K whose keys/values score the tokens")
     fidelity_target: float | None = Field(None, gt=0, le=1, description="adaptive budget: fewest tokens keeping this weight fidelity")

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
-from . import dart, divprune, fastv, iwp, magnitude, random, uniform, visionzip
+from . import cdpruner, dart, divprune, evs, fastv, iwp, magnitude, random, uniform, visionzip
 
 Method = Callable[..., Tensor]
 
@@ -26,6 +26,8 @@ REGISTRY: dict[str, Method] = {
     "divprune": divprune.select,
     "dart": dart.select,
     "visionzip": visionzip.select,
+    "evs": evs.select,
+    "cdpruner": cdpruner.select,
 }
 
 
@@ -37,19 +39,23 @@ class LayerInputs:
     (default K−1, as FastV and DART read it). ``all_queries``: queries of every token, not the
     last prompt tokens. ``final_norm``: ``hidden`` is layer K's input through the model's final
     norm (DART's features), not through layer K's input norm. ``merge``: selects and rewrites
-    layer K's input hidden states (VisionZip's contextual tokens).
+    layer K's input hidden states (VisionZip's contextual tokens). ``frames``: the method reads
+    each token's frame as structure (EVS's temporal steps), so the hook passes ``frame_ids``
+    whenever the family knows them, not only for per-frame budgets (``per_frame``).
     """
 
     prior_layer: bool = False
     all_queries: bool = False
     final_norm: bool = False
     merge: Callable[..., tuple[Tensor, Tensor]] | None = None
+    frames: bool = False
 
 
 LAYER_INPUTS: dict[str, LayerInputs] = {
     "fastv": LayerInputs(prior_layer=True),
     "dart": LayerInputs(prior_layer=True, final_norm=True),
     "visionzip": LayerInputs(all_queries=True, merge=visionzip.select_and_merge),
+    "evs": LayerInputs(frames=True),
 }
 
 

@@ -170,7 +170,7 @@ class PruningHandle:
         counts, lengths = torch.stack([visual.sum(-1), attention.sum(-1)]).tolist()
         if any(counts):
             self._call = layer_k.Call.start(self.settings, visual, attention, counts, lengths)
-            if self.settings.per_frame:
+            if self.settings.per_frame or (layer_inputs(self.settings.method).frames and self.family.grids):
                 grids = list(zip(self.visual_ids, (kwargs.get("image_grid_thw"), kwargs.get("video_grid_thw"))))
                 self._call.frame_ids = frame_ids(input_ids, visual, grids,
                                                  self.model.config.vision_config.spatial_merge_size)

@@ -31,7 +31,7 @@ def method_options(method: str, keys: Tensor, seed: int = 0) -> dict:
         return {"queries": torch.randn(b, 2 * h, 3, d, generator=g).to(keys.dtype)}
     if method == "visionzip":
         return {"queries": torch.randn(b, 2 * h, n, d, generator=g).to(keys.dtype)}
-    if method == "divprune":
+    if method in ("divprune", "evs", "cdpruner"):
         return {"embeddings": torch.randn(b, n, 6, generator=g).to(keys.dtype)}
     if method == "random":
         return {"seed": seed}

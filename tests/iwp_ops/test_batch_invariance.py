@@ -56,9 +56,11 @@ def options(method: str, b: dict, video: bool) -> dict:
         "visionzip": {"queries": b["queries"], "attention_mask": b["attention_mask"]},
         "dart": {"hidden": b["features"], "prior_keys": b["prior_keys"]},
         "divprune": {"embeddings": b["features"]},
+        "evs": {"embeddings": b["features"]},
+        "cdpruner": {"embeddings": b["features"]},
         "random": {"seed": 5},
     }.get(method, {})
-    if video and method in ("iwp", "uniform"):
+    if video and method in ("iwp", "uniform", "evs", "cdpruner"):
         extra["frame_ids"] = b["frame_ids"]
     if video and method == "iwp":
         extra["queries"] = b["queries"][:, :, -1:]

@@ -61,6 +61,8 @@ def options(method, keys, seed):
         return {"embeddings": torch.randn(b, n, 3, generator=g).masked_fill(torch.rand(b, n, 1, generator=g) < 0.2, 0)}
     if method == "random":
         return {"seed": seed % 1000}
+    if method in ("evs", "cdpruner") and seed % 2:
+        return {"embeddings": torch.randn(b, n, 3, generator=g), "tokens_per_frame": 1 + seed % 4}
     if method == "uniform" and seed % 2:
         return {"tokens_per_frame": 1 + seed % 5}
     if method == "iwp" and seed % 3 == 1:
@@ -119,7 +121,7 @@ def test_all_equal_tokens_give_a_full_selection(method, ref):
     keys, values = ref.make_kv(3, 1, 2, 1, 4)
     keys, values = keys.expand(1, 2, 30, 4).contiguous(), values.expand(1, 2, 30, 4).contiguous()
     opts = ref.method_options(method, keys)
-    if method == "divprune":
+    if method in ("divprune", "evs", "cdpruner"):
         opts["embeddings"] = torch.ones(1, 30, 6)
     out = iwp_ops.select_tokens(keys, values, 10, method=method, **opts)
     assert out.shape == (1, 10) and len(set(out[0].tolist())) == 10 and bool((out >= 0).all())
@@ -153,7 +155,8 @@ def test_non_finite_inputs_are_refused(ref, bad, where):
 
 
 @pytest.mark.parametrize("method,name", [("fastv", "queries"), ("divprune", "embeddings"), ("dart", "hidden"),
-                                         ("iwp", "queries"), ("visionzip", "queries")])
+                                         ("iwp", "queries"), ("visionzip", "queries"), ("evs", "embeddings"),
+                                         ("cdpruner", "embeddings")])
 def test_non_finite_method_inputs_are_refused(ref, method, name):
     keys, values = ref.make_kv(0, 1, 2, 5, 2)
     extra = torch.randn(1, 2, 1, 2) if name == "queries" else torch.randn(1, 5, 3)
@@ -175,7 +178,7 @@ def test_malformed_arguments_are_refused(ref):
         (lambda: iwp_ops.select_tokens(keys, values, torch.tensor([1, 2, 3])), "budget must be an int"),
         (lambda: iwp_ops.select_tokens(keys, values, 2, mask=torch.ones(2, 6)), "mask must be a bool"),
         (lambda: iwp_ops.select_tokens(keys, values, 2, mask=torch.ones(2, 5, dtype=torch.bool)), "mask must be"),
-        (lambda: iwp_ops.select_tokens(keys, values, 2, method="nope"), "known methods: dart, divprune"),
+        (lambda: iwp_ops.select_tokens(keys, values, 2, method="nope"), "known methods: cdpruner, dart, divprune, evs"),
         (lambda: iwp_ops.select_tokens(keys, values, 2, lamda=0.3), "does not take option"),
         (lambda: iwp_ops.select_tokens(keys, values, 2, lam=1.5), "lam must be"),
         (lambda: iwp_ops.select_tokens(keys, values, 2, chunk=0), "chunk must be a positive int"),

@@ -263,3 +263,9 @@ def test_fault_tolerance_reaches_the_pipeline_config_from_spec_and_flags():
                                 "--model-batch-timeout", "60", "--max-model-crashes", "7"])
     flags = job_config(args).fault_tolerance
     assert (flags.model_attempts, flags.model_batch_timeout_s, flags.max_consecutive_model_crashes) == (5, 60, 7)
+
+
+@pytest.mark.parametrize("method", ["evs", "cdpruner"])
+def test_the_production_peers_are_pruning_methods_of_a_spec(method):
+    spec = parse_spec(spec_text(pruning={"method": method, "options": {}}), "t.yaml")
+    assert spec.pruning.method == method

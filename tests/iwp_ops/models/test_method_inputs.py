@@ -75,3 +75,21 @@ def test_per_frame_is_refused_where_the_family_has_no_grids(tmp_path):
     model = AutoModelForImageTextToText.from_pretrained(path, local_files_only=True).eval()
     with pytest.raises(ValueError, match="per_frame needs"):
         enable_pruning(model, per_frame=True)
+
+
+def test_evs_gets_each_items_temporal_patches_without_per_frame(qwen):
+    """EVS reads frames as structure: with one patch and 3 tokens to spare, the video's first
+    temporal patch is kept whole and the 3 others come from later patches."""
+    model, processor = qwen
+    batch = encode(processor, [("video", 3, "describe", 8), ("image", 4, "a longer question about the picture .")])
+    grid = batch["video_grid_thw"][0]
+    per_patch = int(grid[1] * grid[2]) // model.config.vision_config.spatial_merge_size ** 2
+    handle = enable_pruning(model, method="evs", keep_tokens=[per_patch + 3, 4], layer=2)
+    try:
+        kept = kept_visual(handle, model, batch)[0]
+    finally:
+        handle.remove()
+    ids = batch["input_ids"][0][batch["attention_mask"][0].bool()]
+    first = int((ids == model.config.video_token_id).nonzero()[0])
+    patch = [(p - first) // per_patch for p in kept]
+    assert patch.count(0) == per_patch and len(kept) == per_patch + 3
