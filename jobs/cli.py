@@ -77,6 +77,7 @@ def parser() -> argparse.ArgumentParser:
     ev.add_argument("--split", default="test", choices=("train", "val", "test"))
     ev.add_argument("--images", type=int, default=100, help="scenes per modality (each captioned and tagged)")
     ev.add_argument("--videos", type=int, default=50)
+    ev.add_argument("--first-scene", type=int, default=0, help="scene index of the split to start at (a fresh slice)")
     ev.add_argument("--methods", default=None, help="comma-separated pruning methods (default: all)")
     ev.add_argument("--keep-ratios", default="0.353,0.222,0.111,0.056")
     ev.add_argument("--layer", type=int, default=2, help="decoder layer K that prunes")
@@ -94,10 +95,17 @@ def run_eval(args: argparse.Namespace) -> None:
     from jobs.eval import evaluate
     from jobs.eval_report import write_report
 
+    import iwp_ops
+
     methods = tuple(m.strip() for m in args.methods.split(",")) if args.methods else None
+    unknown = [m for m in methods or () if m not in iwp_ops.METHODS]
+    if unknown:
+        raise UsageError(f"--methods: unknown method(s) {', '.join(unknown)}; known: {', '.join(iwp_ops.METHODS)}")
+    if args.first_scene < 0:
+        raise UsageError("--first-scene must be >= 0")
     ratios = tuple(float(r) for r in args.keep_ratios.split(","))
     results = evaluate(resolve_model(args.model), split=args.split, images=args.images, videos=args.videos,
-                       methods=methods, keep_ratios=ratios, layer=args.layer,
+                       first_scene=args.first_scene, methods=methods, keep_ratios=ratios, layer=args.layer,
                        media_types=tuple(m.strip() for m in args.media.split(",")),
                        partial=Path(args.out) / "rows.partial.json", tune_images=args.tune_images,
                        tune_videos=args.tune_videos, tune_ratios=tuple(float(r) for r in args.tune_ratios.split(",")),

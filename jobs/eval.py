@@ -7,12 +7,16 @@ match) and tag answers (F1). Inputs are built once with the pipeline's own `buil
 and reused by every configuration; generation is greedy and batched as in the model stage.
 
 Every method gets the same tuning budget: its own main knob (`KNOBS`: IWP's λ, FastV's attention
-layer, DART's pivot count, VisionZip's dominant share) is chosen on the validation split at the
+layer, DART's pivot count, VisionZip's dominant share, EVS's features, CDPruner's relevance
+weight) is chosen on the validation split at the
 low keep ratios, and the choice runs on the test split as its own row (`<method>@val`) beside the
 official default (`<method>`), so the reader sees both. `magnitude` is IWP with λ = 1 and IWP's
 head setting (the paper's ablation); DivPrune, random and uniform have no knob. Torch's thread
 count and seed are pinned and recorded with the library versions, so the report reproduces.
-Writes results.json, report.md and PNG plots to the output folder.
+Each row keeps its per-scene scores, from which `jobs.eval_stats` draws paired bootstrap 95 %
+intervals (each row's % of unpruned, and its difference from IWP); `first_scene` starts at any
+scene index of the split, so a fresh slice can be drawn. Writes results.json, report.md and PNG
+plots to the output folder.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from jobs.eval_stats import intervals
 from pipeline.collate import collate
 from pipeline.engine import _FirstStepClock
 from scenes.grading import caption_scores, tag_f1
@@ -41,6 +46,8 @@ KNOBS: dict[str, tuple[str, tuple[Any, ...]]] = {
     "fastv": ("attention_layer", (1, 0, 2)),  # K-1 (official), K-2, K; pruning stays at K for all methods
     "dart": ("pivots", (4, 2, 8)),  # image and text pivots alike, as the official 4 + 4
     "visionzip": ("dominant_ratio", (54 / 64, 0.5, 1.0)),
+    "evs": ("features", ("embeddings", "hidden")),  # vLLM's vision embeddings, or layer K's hidden states
+    "cdpruner": ("relevance_weight", (1.0, 0.5, 0.0)),  # the paper's kernel, OpenVINO's sample, similarity only
 }
 THREADS = 2
 # Handle settings a configuration may change, back at their defaults for the next one (settings persist).
@@ -56,11 +63,14 @@ class Item:
     inputs: dict[str, np.ndarray]
 
 
-def prepare(processor, split: str, counts: dict[str, int]) -> dict[str, list[Item]]:
-    """Both tasks for the first `counts[media]` scenes of each modality; inputs built once."""
+def prepare(processor, split: str, counts: dict[str, int], first_scene: int = 0) -> dict[str, list[Item]]:
+    """Both tasks for `counts[media]` scenes of each modality from scene index `first_scene`; inputs built once."""
+    if first_scene < 0:
+        raise ValueError(f"first_scene must be >= 0, got {first_scene}")
     out: dict[str, list[Item]] = {}
     for media in MEDIA_TYPES:
-        out[media] = [Item(s, t, model_inputs(processor, s, t)) for s in scenes(split, media, counts[media]) for t in TASKS]
+        out[media] = [Item(s, t, model_inputs(processor, s, t))
+                      for s in scenes(split, media, counts[media], start=first_scene) for t in TASKS]
     return out
 
 
@@ -109,6 +119,20 @@ def grade(items: list[Item], texts: list[str]) -> dict[str, float]:
     }
 
 
+def per_scene(items: list[Item], texts: list[str]) -> dict[str, list[float]]:
+    """Each scene's caption attribute accuracy, exact caption and tag F1, in scene order (the
+    items are scene after scene, both tasks): what the bootstrap resamples."""
+    caption = [caption_scores(it.scene, t) for it, t in zip(items, texts) if it.task == "caption"]
+    tags = [tag_f1(it.scene, t) for it, t in zip(items, texts) if it.task == "tag"]
+    return {"caption_attribute_accuracy": [round(c["attribute_accuracy"], 6) for c in caption],
+            "caption_exact": [c["exact"] for c in caption], "tag_f1": [round(f, 6) for f in tags]}
+
+
+def value_text(value: Any) -> str:
+    """A knob value as the reports print it (numbers to 4 significant digits)."""
+    return f"{value:.4g}" if isinstance(value, (int, float)) else str(value)
+
+
 def run_config(model, processor, handle, items: list[Item], method: str, keep_ratio: float, batch_size: int,
                **options: Any) -> dict[str, Any]:
     """One (method, keep ratio) on one modality; method 'none' runs unpruned."""
@@ -125,6 +149,7 @@ def run_config(model, processor, handle, items: list[Item], method: str, keep_ra
         "keep_ratio": 1.0 if method == "none" else keep_ratio,
         "options": {k: v for k, v in options.items() if k != "layer"},
         **grade(items, texts),
+        "per_scene": per_scene(items, texts),
         "weight_fidelity": float(np.mean(fid)) if fid else None,
         "kept_tokens_mean": float(np.mean(kept)) if kept else None,
         "prefill_s_per_item": prefill / len(items),
@@ -160,10 +185,10 @@ def tune(model, processor, handle, data: dict[str, list[Item]], methods: tuple[s
                            **run_config(model, processor, handle, items, method, ratio, size, **knob_settings(method, value))}
                     cells.append(row)
                     if progress:
-                        print(f"val {media:5s} {method:9s} {name}={value:.4g} keep {ratio:.3f}: caption "
+                        print(f"val {media:5s} {method:9s} {name}={value_text(value)} keep {ratio:.3f}: caption "
                               f"{row['caption_attribute_accuracy']:.3f} tag F1 {row['tag_f1']:.3f}", flush=True)
             scores[value] = score(cells)
-            rows += [{k: v for k, v in r.items() if k != "samples"} for r in cells]
+            rows += [{k: v for k, v in r.items() if k not in ("samples", "per_scene")} for r in cells]
         out[method] = {"knob": name, "values": list(values), "default": values[0], "scores": [scores[v] for v in values],
                        "chosen": max(values, key=lambda v: scores[v]), "rows": rows}
     return out
@@ -191,14 +216,15 @@ def configurations(methods: tuple[str, ...], tuning: dict[str, Any]) -> list[tup
     return out
 
 
-def evaluate(model_path: str | Path, *, split: str = "test", images: int = 100, videos: int = 50,
+def evaluate(model_path: str | Path, *, split: str = "test", images: int = 100, videos: int = 50, first_scene: int = 0,
              methods: tuple[str, ...] | None = None, keep_ratios: tuple[float, ...] = KEEP_RATIOS, layer: int = 2,
              batch_size: int = 16, media_types: tuple[str, ...] = MEDIA_TYPES, progress: bool = True,
              partial: Path | None = None, tune_images: int = 40, tune_videos: int = 16,
              tune_ratios: tuple[float, ...] = TUNE_RATIOS, threads: int = THREADS) -> dict[str, Any]:
-    """Every method at every keep ratio, per modality, with % of the unpruned score; first each
-    tunable method's knob on the validation split (`tune_images` / `tune_videos` scenes; 0 and 0
-    skip it), unless `split` is itself the validation split.
+    """Every method at every keep ratio, per modality, with % of the unpruned score and paired
+    bootstrap intervals, on `images` / `videos` scenes of `split` from index `first_scene`; first
+    each tunable method's knob on the validation split (`tune_images` / `tune_videos` scenes from
+    index 0; 0 and 0 skip it), unless `split` is itself the validation split.
 
     `partial`: a JSON file rewritten with the rows so far after each configuration, so a long
     run that is stopped keeps what it measured."""
@@ -216,7 +242,7 @@ def evaluate(model_path: str | Path, *, split: str = "test", images: int = 100, 
         tuning = tune(model, processor, handle, {m: v for m, v in val.items() if v}, methods, tune_ratios, batch_size,
                       progress)
     data = prepare(processor, split, {"image": images if "image" in media_types else 0,
-                                      "video": videos if "video" in media_types else 0})
+                                      "video": videos if "video" in media_types else 0}, first_scene)
     rows = []
     configs = configurations(methods, tuning)
     for media in media_types:
@@ -239,6 +265,7 @@ def evaluate(model_path: str | Path, *, split: str = "test", images: int = 100, 
                       flush=True)
     add_relative(rows)
     return {"model": str(model_path), "split": split, "layer": layer, "counts": {"image": images, "video": videos},
+            "first_scene": first_scene, "intervals": intervals(rows, METRICS),
             "keep_ratios": list(keep_ratios), "methods": [name for name, _, _ in configs],
             "tuning": {m: {k: v for k, v in t.items() if k != "rows"} for m, t in tuning.items()},
             "tuning_counts": {"image": tune_images, "video": tune_videos}, "tuning_ratios": list(tune_ratios),

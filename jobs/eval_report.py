@@ -6,7 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from jobs.eval import PAPER_RETENTION
+from jobs.eval import PAPER_RETENTION, value_text
+from jobs.eval_stats import DRAWS, REFERENCE
 
 LABELS = {"caption_attribute_accuracy": "caption attribute acc.", "caption_exact": "caption exact",
           "tag_f1": "tag F1"}
@@ -50,10 +51,45 @@ def tuning_table(results: dict[str, Any]) -> list[str]:
              "the best value (the default on ties) runs on test as `<method>@val` when it is not the default.", "",
              "| method | knob | values (val score) | chosen |", "|---|---|---|---|"]
     for method, t in tuning.items():
-        cells = ", ".join(f"{v:.4g}{' (default)' if i == 0 else ''}: {sc:.3f}"
+        cells = ", ".join(f"{value_text(v)}{' (default)' if i == 0 else ''}: {sc:.3f}"
                           for i, (v, sc) in enumerate(zip(t["values"], t["scores"])))
-        lines.append(f"| {method} | {t['knob']} | {cells} | {t['chosen']:.4g} |")
+        lines.append(f"| {method} | {t['knob']} | {cells} | {value_text(t['chosen'])} |")
     return lines + [""]
+
+
+def _ci(low_high: tuple[float, float] | list[float] | None) -> str:
+    return "–" if low_high is None else f"{low_high[0]:.1f} – {low_high[1]:.1f}"
+
+
+def verdict(entry: dict[str, Any]) -> str:
+    """Whether a row's difference from IWP is more than resampling noise, and which way."""
+    if "significant" not in entry:
+        return "–"
+    if not entry["significant"]:
+        return "no"
+    return "yes, ahead of iwp" if entry["difference"] > 0 else "yes, behind iwp"
+
+
+def interval_table(results: dict[str, Any], media: str, metric: str = "caption_attribute_accuracy") -> list[str]:
+    """One modality's rows: % of unpruned with its 95 % interval, the difference from IWP with its
+    interval, and whether that difference is significant (its interval excludes 0)."""
+    entries = [e for e in results.get("intervals", []) if e["media"] == media and e["metric"] == metric]
+    if not entries:
+        return []
+    order = {m: i for i, m in enumerate(results["methods"])}
+    entries.sort(key=lambda e: (-e["keep_ratio"], order.get(e["method"], len(order))))
+    lines = [f"| {media}: {LABELS[metric]} | keep | % of unpruned | 95 % CI | − {REFERENCE} (points) | 95 % CI "
+             "| significant |", "|---|---|---|---|---|---|---|"]
+    for e in entries:
+        diff = "–" if e.get("difference") is None else f"{e['difference']:+.1f}"
+        lines.append(f"| {e['method']} | {100 * e['keep_ratio']:.1f} % | {_pct(e['relative'])} | {_ci(e['relative_ci'])} "
+                     f"| {diff} | {_ci(e.get('difference_ci'))} | {verdict(e)} |")
+    return lines + [""]
+
+
+def _interval_of(results: dict[str, Any]) -> dict[tuple[str, str, float, str], tuple[float, float]]:
+    return {(e["media"], e["method"], e["keep_ratio"], e["metric"]): tuple(e["relative_ci"])
+            for e in results.get("intervals", []) if e["relative_ci"] is not None}
 
 
 def _shown(path: str) -> str:
@@ -67,10 +103,20 @@ def _shown(path: str) -> str:
 def markdown(results: dict[str, Any]) -> str:
     """Summary tables, then one table per modality: absolute scores, % of unpruned, fidelity, prefill time."""
     scenes = ", ".join(f"{results['counts'][m]} {m}s" for m in _media(results))
-    lines = [f"Model `{_shown(results['model'])}`, split `{results['split']}` ({scenes}, each asked to caption and "
-             f"to tag), pruning at decoder layer {results['layer']}.", ""]
+    first = results.get("first_scene", 0)
+    start = f" from scene index {first}" if first else ""
+    lines = [f"Model `{_shown(results['model'])}`, split `{results['split']}` ({scenes}{start}, each asked to caption "
+             f"and to tag), pruning at decoder layer {results['layer']}.", ""]
     for metric in ("caption_attribute_accuracy", "tag_f1"):
         lines += [summary(results, metric), ""]
+    if results.get("intervals"):
+        lines += ["### Paired bootstrap 95 % intervals", "",
+                  f"{DRAWS} resamples of the scenes (seeded), the same draw for every row of a modality, unpruned "
+                  f"included; the difference from {REFERENCE} is at the same keep ratio, and it is significant "
+                  "when its interval excludes 0.", ""]
+        for media in _media(results):
+            for metric in ("caption_attribute_accuracy", "tag_f1"):
+                lines += interval_table(results, media, metric)
     for media in ("image", "video"):
         rows = [r for r in results["rows"] if r["media"] == media]
         if not rows:
@@ -105,6 +151,7 @@ def plot(results: dict[str, Any], out: Path) -> list[Path]:
     import matplotlib.ticker
 
     rows = results["rows"]
+    bands = _interval_of(results)
     methods = [m for m in dict.fromkeys(r["method"] for r in rows) if m not in ("none", "blind")]
     fig, axes = plt.subplots(2, 2, figsize=(11, 8), sharex=True)
     for col, media in enumerate(("image", "video")):
@@ -115,7 +162,11 @@ def plot(results: dict[str, Any], out: Path) -> list[Path]:
                              if r["media"] == media and r["method"] == method and r["relative"][metric] is not None)
                 if pts:
                     x, y = zip(*pts)
-                    ax.plot([100 * v for v in x], y, marker="o", lw=2.2 if method == "iwp" else 1, label=method)
+                    line = ax.plot([100 * v for v in x], y, marker="o", lw=2.2 if method == "iwp" else 1, label=method)[0]
+                    ci = [bands.get((media, method, k, metric)) for k in x]
+                    if all(c is not None for c in ci):
+                        ax.fill_between([100 * v for v in x], [c[0] for c in ci], [c[1] for c in ci],
+                                        color=line.get_color(), alpha=0.12, lw=0)
             ax.axhline(100, color="grey", lw=0.8, ls=":")
             floor = [r["relative"][metric] for r in rows if r["media"] == media and r["method"] == "blind"]
             if floor and floor[0] is not None:
@@ -127,6 +178,7 @@ def plot(results: dict[str, Any], out: Path) -> list[Path]:
         ax.set_xlabel("visual tokens kept (%)")
     if axes[0][0].get_legend_handles_labels()[0]:
         axes[0][0].legend(fontsize=8)
+    fig.suptitle("shaded: paired bootstrap 95 % interval" if bands else "")
     fig.tight_layout()
     paths = [out / "accuracy_vs_keep.png"]
     fig.savefig(paths[0], dpi=110)
@@ -135,10 +187,15 @@ def plot(results: dict[str, Any], out: Path) -> list[Path]:
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
     for ax, media in zip(axes, ("image", "video")):
         for method in methods:
-            pts = [(r["weight_fidelity"], r["relative"]["caption_attribute_accuracy"]) for r in rows
-                   if r["media"] == media and r["method"] == method and r["weight_fidelity"] is not None]
-            if pts:
-                ax.scatter(*zip(*pts), label=method, s=24)
+            cells = [r for r in rows if r["media"] == media and r["method"] == method and r["weight_fidelity"] is not None
+                     and r["relative"]["caption_attribute_accuracy"] is not None]
+            if cells:
+                x = [r["weight_fidelity"] for r in cells]
+                y = [r["relative"]["caption_attribute_accuracy"] for r in cells]
+                ci = [bands.get((media, method, r["keep_ratio"], "caption_attribute_accuracy")) for r in cells]
+                err = None if any(c is None for c in ci) else [[v - c[0] for v, c in zip(y, ci)],
+                                                               [c[1] - v for v, c in zip(y, ci)]]
+                ax.errorbar(x, y, yerr=err, fmt="o", ms=4, capsize=2, lw=0.8, label=method)
         ax.set(title=f"{media}: weight fidelity vs caption accuracy", xlabel="mean weight fidelity",
                ylabel="caption attribute acc. (% of unpruned)")
     if axes[0].get_legend_handles_labels()[0]:

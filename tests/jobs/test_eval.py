@@ -52,7 +52,33 @@ def test_eval_command_writes_every_configuration(tiny_model_dir, tmp_path, capsy
     assert not (out / "rows.partial.json").exists()
     for name in ("report.md", "accuracy_vs_keep.png", "fidelity_vs_accuracy.png"):
         assert (out / name).stat().st_size > 0
-    assert "| iwp | 5.6 % |" in (out / "report.md").read_text()
+    report = (out / "report.md").read_text()
+    assert "| iwp | 5.6 % |" in report
+    assert len(image[("none", 1.0)]["per_scene"]["caption_attribute_accuracy"]) == 2
+    cells = {(e["media"], e["method"], e["keep_ratio"], e["metric"]) for e in results["intervals"]}
+    assert ("video", "random", 0.056, "tag_f1") in cells and ("image", "iwp", 0.222, "caption_attribute_accuracy") in cells
+    assert "Paired bootstrap 95 % intervals" in report and "| random | 22.2 % |" in report
+
+
+def test_eval_runs_the_production_peers_from_any_scene_index(tiny_model_dir, tmp_path):
+    from scenes.scene import make_scene
+
+    out = tmp_path / "eval"
+    rc = main(["eval", "--model", str(tiny_model_dir), "--out", str(out), "--images", "2", "--videos", "1",
+               "--media", "video", "--methods", "evs,cdpruner", "--keep-ratios", "0.353", "--split", "val",
+               "--first-scene", "7"])
+    assert rc == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["first_scene"] == 7
+    assert [(r["method"], r["keep_ratio"]) for r in results["rows"]] == [
+        ("none", 1.0), ("blind", 1.0), ("evs", 0.353), ("cdpruner", 0.353)]
+    assert results["rows"][0]["samples"][0]["seed"] == make_scene("val", "video", 7).seed
+    assert all(r["kept_tokens_mean"] == round(896 * 0.353) for r in results["rows"][2:])
+
+
+def test_eval_refuses_an_unknown_method_before_loading_anything(tmp_path, capsys):
+    assert main(["eval", "--model", str(tmp_path), "--methods", "iwp,evs2"]) == 2
+    assert "unknown method(s) evs2" in capsys.readouterr().err
 
 
 def test_report_names_a_model_inside_the_working_directory_by_its_relative_path(tmp_path, monkeypatch):
