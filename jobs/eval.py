@@ -51,7 +51,8 @@ KNOBS: dict[str, tuple[str, tuple[Any, ...]]] = {
 }
 THREADS = 2
 # Handle settings a configuration may change, back at their defaults for the next one (settings persist).
-RESET = {"attention_layer": None, "query_aware": False, "rotary_keys": True, "per_frame": False}
+RESET = {"attention_layer": None, "query_aware": False, "rotary_keys": True, "temporal_rotary": True,
+         "per_frame": False}
 PAPER_RETENTION = {0.353: 97.9, 0.222: 95.6, 0.111: 90.5}  # IWP on LLaVA-OneVision-7B, % of unpruned
 METRICS = ("caption_attribute_accuracy", "caption_exact", "tag_f1")
 

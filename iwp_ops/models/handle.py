@@ -71,9 +71,7 @@ class PruningHandle:
         self._originals: dict[int, Any] = {}
         self._hooks: list[Any] = []
         self._deepstack_wrapper: Any = None
-        settings.validate(len(self.language_model.layers))
-        if settings.per_frame and not family.grids:
-            raise ValueError(f"per_frame needs the image/video grids of the Qwen families; {family.name} has none")
+        self._check(settings)
         self.settings = settings
         self._install()
 
@@ -82,9 +80,7 @@ class PruningHandle:
         that is not a setting is an option of the selection method; giving any, or a new method,
         replaces the previous method options."""
         settings = self.settings.changed(**changes)
-        settings.validate(len(self.language_model.layers))
-        if settings.per_frame and not self.family.grids:
-            raise ValueError(f"per_frame needs the image/video grids of the Qwen families; {self.family.name} has none")
+        self._check(settings)
         relayer = (settings.layer, settings.prior_layer) != (self.settings.layer, self.settings.prior_layer)
         if relayer:
             self._uninstall()
@@ -92,6 +88,15 @@ class PruningHandle:
         if relayer:
             self._install()
         return self
+
+    def _check(self, settings: PruningSettings) -> None:
+        """`PruningSettings.validate` plus what this model's family must support."""
+        settings.validate(len(self.language_model.layers))
+        if settings.per_frame and not self.family.grids:
+            raise ValueError(f"per_frame needs the image/video grids of the Qwen families; {self.family.name} has none")
+        if not settings.temporal_rotary and layer_k.temporal_channels(self.language_model.config) is None:
+            raise ValueError(f"temporal_rotary=False needs Qwen2-VL / Qwen2.5-VL's sectioned M-RoPE; {self.family.name} "
+                             "has another rotary layout")
 
     @property
     def last_stats(self) -> list[ItemStats]:

@@ -73,6 +73,26 @@ def _rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     return x * cos[:, None] + _rotate_half(x) * sin[:, None]
 
 
+def temporal_channels(config: Any) -> int | None:
+    """How many rotary frequencies M-RoPE gives the temporal axis, in its leading block (Qwen2-VL /
+    Qwen2.5-VL's `mrope_section`); None where the layout is another (interleaved, or 1-D RoPE)."""
+    params = getattr(config, "rope_parameters", None) or {}
+    section = params.get("mrope_section")
+    if not section or params.get("mrope_interleaved"):
+        return None
+    return int(section[0])
+
+
+def spatial_rotary(cos: Tensor, sin: Tensor, temporal: int) -> tuple[Tensor, Tensor]:
+    """The rotary tables with the temporal frequencies (the first `temporal` of each half) set
+    to no rotation, so keys keep their height and width positions only."""
+    half = cos.shape[-1] // 2
+    still = torch.zeros(cos.shape[-1], dtype=torch.bool, device=cos.device)
+    still[:temporal] = True
+    still[half:half + temporal] = True
+    return cos.masked_fill(still, 1.0), sin.masked_fill(still, 0.0)
+
+
 def gather_tokens(x: Tensor, index: Tensor) -> Tensor:
     return x.gather(1, index[..., None].expand(-1, -1, x.shape[-1]))
 
@@ -135,6 +155,8 @@ def _select(call: Call, settings: PruningSettings, layer: nn.Module, hidden: Ten
     config = language_model.config
     options = _method_inputs(call, settings, language_model.layers, language_model.norm, hidden, normed, (cos, sin))
     scored = keys if settings.rotary_keys else raw_keys
+    if not settings.temporal_rotary:
+        scored = _rope(raw_keys, *spatial_rotary(cos, sin, temporal_channels(config)))
     merge = layer_inputs(settings.method).merge
     merged = None
     if merge is not None and call.budget is not None:

@@ -34,7 +34,10 @@ class PruningSettings:
     always get them). `rotary_keys` scores with keys, and queries, after the rotary embedding,
     the paper's default: positions then enter IWP's duplication term, while a rotation keeps
     the norms the query-free magnitude reads; False scores with them before it, the ablation
-    (recorded fidelity always uses the rotated keys). `attention_layer` is the decoder layer,
+    (recorded fidelity always uses the rotated keys). `temporal_rotary` False scores with keys
+    rotated by the spatial sections of M-RoPE only (Qwen2-VL / Qwen2.5-VL), so the same patch in
+    two frames looks as duplicated as it is: the ablation of the duplication's temporal part.
+    `attention_layer` is the decoder layer,
     at most K, whose queries and keys FastV's attention row and DART's pivots read (default
     K−1, as their official code; K when K = 0). `per_frame` gives methods that take `frame_ids`
     each visual token's frame within its own item (one per image, one per temporal patch of a
@@ -52,6 +55,7 @@ class PruningSettings:
     query_tokens: int = 1
     query_aware: bool = False
     rotary_keys: bool = True
+    temporal_rotary: bool = True
     record_fidelity: bool = True
     attention_layer: int | None = None
     per_frame: bool = False
@@ -105,6 +109,8 @@ class PruningSettings:
                 raise ValueError("fidelity_target (adaptive budget) is defined by IWP's selection: use method 'iwp'")
             if not self.rotary_keys:
                 raise ValueError("fidelity_target measures the weight with rotated keys: it needs rotary_keys=True")
+        if not self.temporal_rotary and not self.rotary_keys:
+            raise ValueError("temporal_rotary=False rotates keys by the spatial sections only: it needs rotary_keys=True")
         if self.query_tokens < 1:
             raise ValueError("query_tokens must be at least 1")
         for name in ("min_tokens", "max_tokens", "keep_tokens"):

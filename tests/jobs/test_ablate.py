@@ -22,3 +22,21 @@ def test_every_variant_is_a_known_setting_and_the_rope_variant_changes_the_selec
     default, before_rope = seen[0], seen[2]  # the first image batch of each variant
     assert torch.allclose(default.norm(dim=-1), before_rope.norm(dim=-1), rtol=1e-3, atol=1e-4)
     assert not torch.allclose(default, before_rope, atol=1e-3)
+
+
+def test_a_video_only_screen_runs_the_video_variants_beside_a_peer(tiny_model_dir):
+    import pytest
+
+    from jobs.ablate import markdown
+
+    names = ("default", "per-frame budgets", "no temporal RoPE in duplication")
+    result = ablate(tiny_model_dir, images=0, videos=1, keep_ratios=(0.111,), variants=names, batch_size=2,
+                    peers=("evs",))
+    assert [r["variant"] for r in result["rows"]] == ["unpruned", "peer evs", *names]
+    assert {r["media"] for r in result["rows"]} == {"video"}
+    assert set(result["scores"]) == set(names) and set(result["peer_scores"]) == {"peer evs"}
+    assert result["best"] in names
+    text = markdown(result)
+    assert "| peer evs |" in text and "image" not in text.split("\n")[2]
+    with pytest.raises(ValueError, match="unknown variant"):
+        ablate(tiny_model_dir, images=0, videos=1, keep_ratios=(0.111,), variants=("lam=0.3",))

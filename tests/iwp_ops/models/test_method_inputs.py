@@ -93,3 +93,36 @@ def test_evs_gets_each_items_temporal_patches_without_per_frame(qwen):
     first = int((ids == model.config.video_token_id).nonzero()[0])
     patch = [(p - first) // per_patch for p in kept]
     assert patch.count(0) == per_patch and len(kept) == per_patch + 3
+
+
+def test_spatial_rotary_drops_the_temporal_rotation_only():
+    """Two tokens with the same raw key at the same (h, w) in different frames: rotated by the
+    full M-RoPE tables they differ, by the spatial ones they are equal; the h, w rotation stays."""
+    from iwp_ops.models.layer_k import _rope, spatial_rotary
+
+    half, temporal = 8, 2
+    freqs = torch.arange(1, half + 1, dtype=torch.float32) / half
+    def tables(t, h):
+        angle = torch.cat([t * freqs[:temporal], h * freqs[temporal:]])
+        angle = torch.cat([angle, angle])
+        return angle.cos()[None, None], angle.sin()[None, None]
+    key = torch.randn(1, 1, 1, 2 * half)
+    (c0, s0), (c1, s1), (c2, s2) = tables(0.0, 3.0), tables(5.0, 3.0), tables(5.0, 4.0)
+    assert not torch.allclose(_rope(key, c0, s0), _rope(key, c1, s1))
+    spatial = [_rope(key, *spatial_rotary(c, s, temporal)) for c, s in ((c0, s0), (c1, s1), (c2, s2))]
+    assert torch.allclose(spatial[0], spatial[1]) and not torch.allclose(spatial[1], spatial[2])
+
+
+def test_temporal_rotary_off_runs_on_qwen2_5_and_is_refused_without_sectioned_mrope(qwen, tmp_path):
+    model, processor = qwen
+    handle = enable_pruning(model, keep_ratio=0.25, layer=2, temporal_rotary=False)
+    try:
+        assert len(kept_visual(handle, model, encode(processor, [OTHERS[0]]))[0]) > 0
+        with pytest.raises(ValueError, match="needs rotary_keys=True"):
+            handle.configure(rotary_keys=False)
+    finally:
+        handle.remove()
+    path = build_tiny_model(tmp_path, arch="llava_onevision")
+    other = AutoModelForImageTextToText.from_pretrained(path, local_files_only=True).eval()
+    with pytest.raises(ValueError, match="sectioned M-RoPE"):
+        enable_pruning(other, temporal_rotary=False)
