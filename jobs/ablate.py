@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from jobs.default_model import default_model_path
-from jobs.eval import load, prepare, run_config
+from jobs.eval import THREADS, load, prepare, run_config
 
 # Where the screen starts: IWP's defaults when reports/ablation and reports/ablation-shipped were
 # run (an earlier screen, on an earlier model, had moved `heads` from "layer" to "mean"), pinned
@@ -53,7 +53,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
 
 
 def ablate(model_path: str | Path, *, images: int, videos: int, keep_ratios: tuple[float, ...],
-           variants: tuple[str, ...] | None = None, batch_size: int = 16, peers: tuple[str, ...] = ()) -> dict[str, Any]:
+           variants: tuple[str, ...] | None = None, batch_size: int = 16, peers: tuple[str, ...] = (),
+           threads: int = THREADS) -> dict[str, Any]:
     """`variants`: names from VARIANTS to run (default: all), e.g. to confirm a screen on more scenes;
     a modality with 0 scenes is skipped. `peers`: methods run at their defaults on the same scenes,
     as rows `peer <method>` beside the variants (never chosen as best: the yardstick)."""
@@ -64,6 +65,7 @@ def ablate(model_path: str | Path, *, images: int, videos: int, keep_ratios: tup
         raise ValueError(f"unknown variant(s) {unknown}; known: {list(VARIANTS)}")
     chosen = {name: VARIANTS[name] for name in (variants or VARIANTS)}
 
+    torch.set_num_threads(threads)  # pinned, as in jobs.eval: greedy answers at near-ties depend on it
     torch.manual_seed(0)
     model, processor = load(model_path)
     data = prepare(processor, "val", {"image": images, "video": videos})
@@ -95,7 +97,7 @@ def ablate(model_path: str | Path, *, images: int, videos: int, keep_ratios: tup
 
     scores = {name: mean_score(name) for name in chosen}
     return {"model": str(model_path), "split": "val", "counts": {"image": images, "video": videos},
-            "keep_ratios": list(keep_ratios), "variants": chosen, "scores": scores,
+            "keep_ratios": list(keep_ratios), "threads": threads, "variants": chosen, "scores": scores,
             "peer_scores": {f"peer {m}": mean_score(f"peer {m}") for m in peers},
             "best": max(scores, key=scores.get), "rows": [{k: v for k, v in r.items() if k != "per_scene"} for r in rows]}
 
@@ -131,11 +133,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--keep-ratios", default="0.111,0.056")
     ap.add_argument("--variants", default=None, help="semicolon-separated variant names (default: all)")
     ap.add_argument("--peers", default="", help="comma-separated methods to run beside the variants, as yardsticks")
+    ap.add_argument("--threads", type=int, default=THREADS, help="torch threads (pinned: results depend on it)")
     args = ap.parse_args(argv)
     results = ablate(args.model or default_model_path(), images=args.images, videos=args.videos,
                      keep_ratios=tuple(float(r) for r in args.keep_ratios.split(",")),
                      variants=tuple(args.variants.split(";")) if args.variants else None,
-                     peers=tuple(m for m in args.peers.split(",") if m))
+                     peers=tuple(m for m in args.peers.split(",") if m), threads=args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(results, indent=1))
     (args.out / "report.md").write_text("# IWP ablation (validation split)\n\n" + markdown(results))
