@@ -19,6 +19,8 @@ object (`settings.PruningSettings`).
 
 from __future__ import annotations
 
+import functools
+import inspect
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -71,6 +73,11 @@ class PruningHandle:
         self._originals: dict[int, Any] = {}
         self._hooks: list[Any] = []
         self._deepstack_wrapper: Any = None
+        # The image / video grids the model's encoders last ran with: `generate` encodes the media
+        # before the prefill and passes the prefill no grids, so the hook reads them from here.
+        self._grids: dict[str, Tensor] = {}
+        self._encoders: dict[str, Any] = {}
+        self._encoding = False
         self._check(settings)
         self.settings = settings
         self._install()
@@ -141,6 +148,12 @@ class PruningHandle:
         if self.family.deepstack:
             self._deepstack_wrapper = self._deepstack(self.language_model._deepstack_process)
             self.language_model._deepstack_process = self._deepstack_wrapper
+        if self.family.grids:
+            base = self.model.model
+            for kind in ("image", "video"):
+                wrapper = self._recording_grids(kind, getattr(base, f"get_{kind}_features"))
+                setattr(base, f"get_{kind}_features", wrapper)
+                self._encoders[kind] = wrapper
 
     def _uninstall(self) -> None:
         for hook in self._hooks:
@@ -155,6 +168,30 @@ class PruningHandle:
         if wrapper is not None and self.language_model.__dict__.get("_deepstack_process") is wrapper:
             del self.language_model._deepstack_process
         self._deepstack_wrapper = None
+        for kind, wrapper in self._encoders.items():
+            if self.model.model.__dict__.get(f"get_{kind}_features") is wrapper:
+                delattr(self.model.model, f"get_{kind}_features")
+        self._encoders, self._grids = {}, {}
+
+    def _recording_grids(self, kind: str, original: Any) -> Any:
+        """`original` (the model's image or video encoder), noting the grid it is called with; only
+        the outermost call counts (Qwen3-VL's video encoder calls its image encoder)."""
+        signature = inspect.signature(original)
+
+        @functools.wraps(original)
+        def encode(*args: Any, **kwargs: Any) -> Any:
+            if self._encoding:
+                return original(*args, **kwargs)
+            grid = signature.bind_partial(*args, **kwargs).arguments.get(f"{kind}_grid_thw")
+            if grid is not None:
+                self._grids[kind] = grid
+            self._encoding = True
+            try:
+                return original(*args, **kwargs)
+            finally:
+                self._encoding = False
+
+        return encode
 
     def _on_model_call(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
         input_ids = kwargs.get("input_ids", args[0] if args else None)
@@ -176,7 +213,9 @@ class PruningHandle:
         if any(counts):
             self._call = layer_k.Call.start(self.settings, visual, attention, counts, lengths)
             if self.settings.per_frame or (layer_inputs(self.settings.method).frames and self.family.grids):
-                grids = list(zip(self.visual_ids, (kwargs.get("image_grid_thw"), kwargs.get("video_grid_thw"))))
+                given = [kwargs.get(f"{kind}_grid_thw") for kind in ("image", "video")]
+                grids = list(zip(self.visual_ids, [g if g is not None else self._grids.get(kind)
+                                                   for g, kind in zip(given, ("image", "video"))]))
                 self._call.frame_ids = frame_ids(input_ids, visual, grids,
                                                  self.model.config.vision_config.spatial_merge_size)
 

@@ -126,3 +126,25 @@ def test_temporal_rotary_off_runs_on_qwen2_5_and_is_refused_without_sectioned_mr
     other = AutoModelForImageTextToText.from_pretrained(path, local_files_only=True).eval()
     with pytest.raises(ValueError, match="sectioned M-RoPE"):
         enable_pruning(other, temporal_rotary=False)
+
+
+@pytest.mark.parametrize("method", ["iwp", "evs"])
+def test_generate_gives_frame_ids_though_it_encodes_the_media_before_the_prefill(qwen, method):
+    """transformers' `generate` runs the vision encoders first and passes the prefill no grids: the
+    hook takes them from the encoders' own calls, so per-frame budgets and EVS's frames still hold."""
+    model, processor = qwen
+    batch = encode(processor, [("video", 3, "describe", 8), ("image", 4, "a longer question about the picture .")])
+    grid = batch["video_grid_thw"][0]
+    per_patch = int(grid[1] * grid[2]) // model.config.vision_config.spatial_merge_size ** 2
+    budget = 2 * int(grid[0]) if method == "iwp" else per_patch + 3
+    handle = enable_pruning(model, method=method, keep_tokens=[budget, 4], layer=2, per_frame=method == "iwp")
+    handle.record_kept_tokens = True
+    try:
+        with torch.no_grad():
+            model.generate(**batch, max_new_tokens=1, do_sample=False)
+        kept = handle.last_stats[0].kept
+    finally:
+        handle.remove()
+    assert "get_video_features" not in model.model.__dict__  # removed with the handle
+    counts = torch.bincount(torch.tensor(kept) // per_patch, minlength=int(grid[0])).tolist()
+    assert counts == ([2] * 4 if method == "iwp" else [per_patch, *counts[1:]]) and sum(counts) == budget
