@@ -153,8 +153,9 @@ def plot(results: dict[str, Any], out: Path) -> list[Path]:
     rows = results["rows"]
     bands = _interval_of(results)
     methods = [m for m in dict.fromkeys(r["method"] for r in rows) if m not in ("none", "blind")]
-    fig, axes = plt.subplots(2, 2, figsize=(11, 8), sharex=True)
-    for col, media in enumerate(("image", "video")):
+    measured = _media(results)
+    fig, axes = plt.subplots(2, len(measured), figsize=(5.5 * len(measured), 8), sharex=True, squeeze=False)
+    for col, media in enumerate(measured):
         for row_i, metric in enumerate(("caption_attribute_accuracy", "tag_f1")):
             ax = axes[row_i][col]
             for method in methods:
@@ -166,7 +167,7 @@ def plot(results: dict[str, Any], out: Path) -> list[Path]:
                     ci = [bands.get((media, method, k, metric)) for k in x]
                     if all(c is not None for c in ci):
                         ax.fill_between([100 * v for v in x], [c[0] for c in ci], [c[1] for c in ci],
-                                        color=line.get_color(), alpha=0.12, lw=0)
+                                        color=line.get_color(), alpha=0.2 if method == REFERENCE else 0.05, lw=0)
             ax.axhline(100, color="grey", lw=0.8, ls=":")
             floor = [r["relative"][metric] for r in rows if r["media"] == media and r["method"] == "blind"]
             if floor and floor[0] is not None:
@@ -178,14 +179,16 @@ def plot(results: dict[str, Any], out: Path) -> list[Path]:
         ax.set_xlabel("visual tokens kept (%)")
     if axes[0][0].get_legend_handles_labels()[0]:
         axes[0][0].legend(fontsize=8)
-    fig.suptitle("shaded: paired bootstrap 95 % interval" if bands else "")
+    fig.suptitle(f"shaded: each method's paired bootstrap 95 % interval ({REFERENCE}'s darker); differences from "
+                 f"{REFERENCE} are tighter than the bands suggest (report.md)" if bands else "", fontsize=9)
     fig.tight_layout()
     paths = [out / "accuracy_vs_keep.png"]
     fig.savefig(paths[0], dpi=110)
     plt.close(fig)
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
-    for ax, media in zip(axes, ("image", "video")):
+    fig, axes = plt.subplots(1, len(measured), figsize=(5.5 * len(measured), 4.5), squeeze=False)
+    axes = axes[0]
+    for ax, media in zip(axes, measured):
         for method in methods:
             cells = [r for r in rows if r["media"] == media and r["method"] == method and r["weight_fidelity"] is not None
                      and r["relative"]["caption_attribute_accuracy"] is not None]
