@@ -88,3 +88,51 @@ def _number(x: float) -> float | None:
 def intervals(rows: list[dict[str, Any]], metrics: tuple[str, ...], **kwargs: Any) -> list[dict[str, Any]]:
     """`paired_intervals` for each metric, one list."""
     return [e for m in metrics for e in paired_intervals(rows, m, **kwargs)]
+
+
+def pool(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Runs of one model on disjoint slices of a split (`--first-scene`), as one run: each
+    configuration's per-scene scores concatenated, kept where every run has it, with intervals."""
+    if len({(r["model"], r["split"]) for r in runs}) != 1:
+        raise ValueError("pooled runs must share the model and the split")
+    def span(run: dict[str, Any]) -> tuple[int, int]:
+        first = run.get("first_scene", 0)
+        return first, first + max(run["counts"][m] for m in {r["media"] for r in run["rows"]})
+
+    spans = sorted(span(r) for r in runs)
+    if any(a[1] > b[0] for a, b in zip(spans, spans[1:])):
+        raise ValueError(f"pooled runs must cover disjoint scenes; their spans overlap: {spans}")
+    keyed = [{(r["media"], r["method"], r["keep_ratio"]): r for r in run["rows"] if "per_scene" in r} for run in runs]
+    rows = []
+    for key in (k for k in keyed[0] if all(k in other for other in keyed[1:])):
+        parts = [k[key] for k in keyed]
+        rows.append({"media": key[0], "method": key[1], "keep_ratio": key[2],
+                     "per_scene": {m: [x for p in parts for x in p["per_scene"][m]] for m in parts[0]["per_scene"]}})
+    methods = [m for m in runs[0]["methods"] if any(r["method"] == m for r in rows)]
+    metrics = tuple(dict.fromkeys(m for r in rows for m in r["per_scene"]))
+    return {"model": runs[0]["model"], "split": runs[0]["split"], "methods": methods, "spans": spans,
+            "intervals": intervals(rows, metrics), "rows": rows}
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m jobs.eval_stats RUN/results.json ...`: the interval tables of disjoint slices pooled."""
+    import argparse
+    import json
+    from pathlib import Path
+
+    from jobs.eval_report import interval_table
+
+    ap = argparse.ArgumentParser(description=main.__doc__)
+    ap.add_argument("results", nargs="+", type=Path, help="results.json of runs on disjoint slices of one split")
+    args = ap.parse_args(argv)
+    pooled = pool([json.loads(p.read_text()) for p in args.results])
+    scenes = sum(b - a for a, b in pooled["spans"])
+    print(f"Model `{pooled['model']}`, split `{pooled['split']}`, scene spans {pooled['spans']} ({scenes} scenes per "
+          "modality at most), pooled; paired bootstrap as in each report.\n")
+    for media in dict.fromkeys(r["media"] for r in pooled["rows"]):
+        for metric in ("caption_attribute_accuracy", "tag_f1"):
+            print("\n".join(interval_table(pooled, media, metric)))
+
+
+if __name__ == "__main__":
+    main()

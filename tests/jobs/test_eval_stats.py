@@ -76,3 +76,20 @@ def test_the_report_table_names_each_verdict():
     results = {"methods": ["iwp", "worse"], "intervals": intervals(rows, ("caption_attribute_accuracy",))}
     table = "\n".join(interval_table(results, "image"))
     assert "| worse | 11.1 % |" in table and "yes, behind iwp" in table and "| iwp | 11.1 % |" in table
+
+
+def test_disjoint_slices_pool_into_one_run_and_overlaps_are_refused():
+    from jobs.eval_stats import pool
+
+    def run(first, none, iwp, other):
+        rows = rows_of({"none": none, "iwp": iwp, "other": other})
+        return {"model": "m", "split": "test", "first_scene": first, "counts": {"image": len(none), "video": 50},
+                "methods": ["iwp", "other"], "rows": rows}
+
+    a, b = run(0, [1.0, 1.0], [1.0, 0.0], [1.0, 1.0]), run(2, [1.0, 0.5, 1.0], [0.5, 0.5, 1.0], [1.0, 0.5, 1.0])
+    pooled = pool([a, b])
+    other = next(r for r in pooled["rows"] if r["method"] == "other")
+    assert other["per_scene"]["m"] == [1.0, 1.0, 1.0, 0.5, 1.0] and pooled["spans"] == [(0, 2), (2, 5)]
+    assert by_method(e for e in pooled["intervals"])["other"]["scenes"] == 5
+    with pytest.raises(ValueError, match="overlap"):
+        pool([a, run(1, [1.0], [1.0], [1.0])])
