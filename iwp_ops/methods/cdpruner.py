@@ -7,12 +7,13 @@ features; relevance = mean over the instruction's tokens of the cosine between e
 and each text token, min–max normalised as ``(r − min + 1e-6) / (max − min)``; kernel
 ``L = diag(r) · S · diag(r)``; then Chen et al.'s fast greedy MAP inference for a DPP (one
 Cholesky row ``eᵢ`` per step, ``d²ⱼ −= eᵢⱼ²``, pick ``argmax d²``), the kept set restored to token
-order. OpenVINO GenAI's port for Qwen2/2.5/3-VL
-(``src/cpp/src/visual_language/cdpruner/``: ``relevance_calculator.cpp``,
-``kernel_builder.cpp``, ``fast_dpp.cpp``) takes the text features from the language model's own
-token embeddings (Qwen has no CLIP text tower), keeps the sign of the relevance for such models
-(the official code negates it for LLaVA's CLIP features, ``use_negative_relevance``), and mixes
-in ``relevance_weight`` λ: ``L = λ·rᵢrⱼSᵢⱼ + (1 − λ)·Sᵢⱼ`` (its sample's default 0.5);
+order. OpenVINO GenAI's port for Qwen2/2.5/3-VL (``src/cpp/src/visual_language/cdpruner/``:
+``relevance_calculator.cpp`` ``RelevanceCalculator::compute``, ``kernel_builder.cpp``
+``build_with_normal_pipeline``, ``cdpruner.cpp``'s header and ``apply_pruning``) takes the text
+features from the language model's own token embeddings (Qwen has no CLIP text tower), keeps the
+sign of the relevance for such models (the official code negates it for LLaVA's CLIP features,
+``use_negative_relevance``), mixes in ``relevance_weight`` λ: ``L = λ·rᵢrⱼSᵢⱼ + (1 − λ)·Sᵢⱼ``
+(its sample's default 0.5), and prunes a video frame by frame;
 ``relevance_weight=1`` is the paper's kernel, our default. OpenVINO's split-kernel variant (the
 two halves of the tokens selected separately) is not the original and is not reproduced.
 
