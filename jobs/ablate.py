@@ -23,6 +23,7 @@ import torch
 
 from jobs.default_model import default_model_path
 from jobs.eval import THREADS, load, prepare, run_config
+from jobs.eval_stats import intervals
 
 # Where the screen starts: IWP's defaults when reports/ablation and reports/ablation-shipped were
 # run (an earlier screen, on an earlier model, had moved `heads` from "layer" to "mean"), pinned
@@ -96,10 +97,16 @@ def ablate(model_path: str | Path, *, images: int, videos: int, keep_ratios: tup
         return float(np.mean([(r["caption_attribute_accuracy"] + r["tag_f1"]) / 2 for r in rows if r["variant"] == name]))
 
     scores = {name: mean_score(name) for name in chosen}
+    # Paired bootstrap of each row against `default` at the same keep ratio (scenes resampled jointly).
+    paired = [{**r, "method": "none" if r["variant"] == "unpruned" else r["variant"],
+               "keep_ratio": r["keep_ratio"]} for r in rows]
+    against = intervals(paired, ("caption_attribute_accuracy", "tag_f1"), reference="default") if "default" in chosen \
+        else []
     return {"model": str(model_path), "split": "val", "counts": {"image": images, "video": videos},
             "keep_ratios": list(keep_ratios), "threads": threads, "variants": chosen, "scores": scores,
             "peer_scores": {f"peer {m}": mean_score(f"peer {m}") for m in peers},
-            "best": max(scores, key=scores.get), "rows": [{k: v for k, v in r.items() if k != "per_scene"} for r in rows]}
+            "best": max(scores, key=scores.get), "intervals": against,
+            "rows": [{k: v for k, v in r.items() if k != "per_scene"} for r in rows]}
 
 
 def markdown(results: dict[str, Any]) -> str:
@@ -121,6 +128,18 @@ def markdown(results: dict[str, Any]) -> str:
                            for m in media for r in ratios)
         lines.append(f"| {name} | {score:.3f} | {cells} |")
     lines += ["", f"`default` is BASE, the defaults when this screen was run: {BASE}. Best on val: **{results['best']}**.", ""]
+    diffs = [e for e in results.get("intervals", []) if e["metric"] == "caption_attribute_accuracy" and "difference" in e]
+    if diffs:
+        lines += ["Caption attribute accuracy, each row minus `default` at the same keep ratio, in points of % of "
+                  "unpruned, with its paired bootstrap 95 % interval (significant where it excludes 0):", "",
+                  "| variant | media | keep | − default | 95 % CI | significant |", "|---|---|---|---|---|---|"]
+        for e in diffs:
+            ci = e["difference_ci"]
+            cell = "–" if ci is None else f"{ci[0]:+.1f} to {ci[1]:+.1f}"
+            diff = "–" if e["difference"] is None else f"{e['difference']:+.1f}"
+            lines.append(f"| {e['method']} | {e['media']} | {100 * e['keep_ratio']:.1f} % | {diff} | {cell} | "
+                         f"{'yes' if e['significant'] else 'no'} |")
+        lines.append("")
     return "\n".join(lines)
 
 

@@ -38,5 +38,8 @@ def test_a_video_only_screen_runs_the_video_variants_beside_a_peer(tiny_model_di
     assert result["best"] in names
     text = markdown(result)
     assert "| peer evs |" in text and "image" not in text.split("\n")[2]
+    versus = {e["method"]: e for e in result["intervals"] if e["metric"] == "caption_attribute_accuracy"}
+    assert set(versus) == {"peer evs", *names} and "difference" not in versus["default"]
+    assert "| per-frame budgets | video | 11.1 % |" in text
     with pytest.raises(ValueError, match="unknown variant"):
         ablate(tiny_model_dir, images=0, videos=1, keep_ratios=(0.111,), variants=("lam=0.3",))
