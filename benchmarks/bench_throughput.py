@@ -219,7 +219,6 @@ def main(argv: list[str] | None = None) -> None:
                             "keep_ratio": args.keep, "layer": args.layer, "rates": {"flops": rates[0], "bytes": rates[1]},
                             "weights_bytes": weights, "cells": cells, "ratios": ratios,
                             "command": "python -m benchmarks.bench_throughput " + " ".join(argv or [])})
-    print(f"wrote {out}")
 
 
 if __name__ == "__main__":

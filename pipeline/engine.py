@@ -26,8 +26,8 @@ import torch
 
 from pipeline import failpoints
 from pipeline.config import MAX_NEW_TOKENS, BatchingConfig, PipelineConfig
-from pipeline.generation import (EngineStats, GenerationEngine, GenerationRequest, GenerationResult, OutOfMemory,
-                                 enable_job_pruning, load_model)
+from pipeline.generation import (EngineStats, GenerationEngine, GenerationRequest, GenerationResult, enable_job_pruning,
+                                 load_model)
 from pipeline.metrics import labels, stage_metrics
 from pipeline.preprocess import load_processor
 from pipeline.progress import report
@@ -131,7 +131,8 @@ class ModelEngine:
 
     def _run(self, rows: list[dict], inputs: list[dict[str, np.ndarray]]) -> None:
         """Generate for these rows; on an error the engine could not pin on one row, split them so
-        only the culprit fails (the engine itself fails a row that cannot fit in memory)."""
+        only the culprit fails (the engine itself fails a row that cannot fit in memory, and retries
+        out-of-memory errors with fewer rows)."""
         failure: Exception | None = None
         try:
             results = self._guarded(rows, inputs)
@@ -142,9 +143,6 @@ class ModelEngine:
         if failure is not None:
             self._release()
             if len(rows) == 1:
-                if isinstance(failure, torch.OutOfMemoryError):
-                    failure = OutOfMemory(f"out of device memory with this item alone: {len(inputs[0]['input_ids'])} "
-                                          f"tokens ({rows[0]['num_visual_tokens']} visual); {str(failure)[:300]}")
                 mark_failed(rows[0], "model", failure)
                 return
             half = len(rows) // 2
@@ -184,8 +182,10 @@ class ModelEngine:
             m.batch_size.observe(run.mean_decode_batch, tags=tags)
         if run.micro_batches:
             m.batch_tokens.observe(run.padded_prefill_tokens / run.micro_batches, tags=tags)
-        m.prefill_tokens.inc(run.prefill_tokens, tags=tags)
-        m.decode_tokens.inc(run.decode_tokens, tags=tags)
+        if run.prefill_tokens:
+            m.prefill_tokens.inc(run.prefill_tokens, tags=tags)
+        if run.decode_tokens:
+            m.decode_tokens.inc(run.decode_tokens, tags=tags)
         if run.prefill_s > 0:
             m.prefill_tps.set(run.prefill_tokens / run.prefill_s, tags=tags)
         if run.decode_s > 0:
