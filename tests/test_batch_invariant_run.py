@@ -29,7 +29,7 @@ def test_captions_are_the_same_whatever_the_memory_budget_and_caps(tmp_path):
     limits = pa.array([None, 3, None, 0, None, 5], pa.int64())  # video-1: 3 tokens, image-0: refused, image-2: 5
     pq.write_table(table.append_column("max_new_tokens", limits), manifest)
     roomy = run(str(manifest), str(tmp_path / "roomy"))
-    tight = run(str(manifest), str(tmp_path / "tight"), "--max-batch-size", "1", "--memory-limit-mb", "24",
+    tight = run(str(manifest), str(tmp_path / "tight"), "--max-batch-size", "1", "--memory-limit-mb", "64",
                 "--rows-per-call", "2")
     assert roomy.keys() == tight.keys() and len(roomy) == 6
     assert {k: (r["status"], r["caption"]) for k, r in roomy.items()} == \

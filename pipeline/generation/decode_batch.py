@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -36,6 +37,9 @@ class DecodeBatch:
     eos_at: Tensor  # [B] forced length, -1: free
     rows: list[int]  # the request index of each batch row
     started: list[float]  # when each row's first token came
+    # Host copies of `steps` and `limits`, so sizing a batch never waits on the device.
+    host_steps: np.ndarray
+    host_limits: np.ndarray
 
     # Per-row tensors, gathered on select and concatenated on merge (the masks and cache need padding).
     _ROW_FIELDS = ("positions", "last", "steps", "limits", "temperature", "top_p", "seeds", "eos_at")
@@ -44,15 +48,21 @@ class DecodeBatch:
     def size(self) -> int:
         return len(self.rows)
 
+    @property
+    def growth(self) -> int:
+        """Most tokens any row may still add to the cache."""
+        return int((self.host_limits - self.host_steps).max())
+
     def mask_for(self, layer: int) -> Tensor:
         return self.below if layer < self.split else self.above
 
     def advance(self, tokens: Tensor) -> None:
         """Record this step's token of every row; the next step feeds it."""
-        self.tokens = _widen(self.tokens, int(self.steps.max()) + 1)
+        self.tokens = _widen(self.tokens, int(self.host_steps.max()) + 1)
         self.tokens.scatter_(1, self.steps[:, None], tokens[:, None])
         self.last = tokens
         self.steps = self.steps + 1
+        self.host_steps = self.host_steps + 1
 
     def fed(self) -> None:
         """The model has cached `last` for every row: masks and positions grow by one."""
@@ -80,7 +90,8 @@ class DecodeBatch:
         picked = {name: getattr(self, name)[keep] for name in self._ROW_FIELDS}
         return replace(self, cache=cache, below=below[:, cut_below:], above=above[:, cut_above:],
                        tokens=self.tokens[keep], rows=[self.rows[i] for i in kept],
-                       started=[self.started[i] for i in kept],
+                       started=[self.started[i] for i in kept], host_steps=self.host_steps[kept],
+                       host_limits=self.host_limits[kept],
                        **picked)
 
     @staticmethod
@@ -96,7 +107,9 @@ class DecodeBatch:
         joined = {name: torch.cat([getattr(a, name), getattr(b, name)]) for name in DecodeBatch._ROW_FIELDS}
         return replace(a, below=_cat_masks(a.below, b.below), above=_cat_masks(a.above, b.above),
                        tokens=torch.cat([_widen(a.tokens, width), _widen(b.tokens, width)]),
-                       rows=a.rows + b.rows, started=a.started + b.started, **joined)
+                       rows=a.rows + b.rows, started=a.started + b.started,
+                       host_steps=np.concatenate([a.host_steps, b.host_steps]),
+                       host_limits=np.concatenate([a.host_limits, b.host_limits]), **joined)
 
 
 def _lead(mask: Tensor) -> Tensor:

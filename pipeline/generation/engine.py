@@ -170,9 +170,9 @@ class GenerationEngine:
         base_rows = running.size if running is not None else 0
         below = running.below.shape[1] if running is not None else 0
         above = running.above.shape[1] if running is not None else 0
-        growth = int((running.limits - running.steps).max()) if running is not None else 0
+        growth = running.growth if running is not None else 0
         group: list[int] = []
-        key, width, real = None, 0, 0
+        key, width, kept, longest, real = None, 0, 0, 0, 0
         for i in pending:
             r = requests[i]
             if group and stack_key(r.inputs) != key:
@@ -180,24 +180,29 @@ class GenerationEngine:
             rows = len(group) + 1
             if self.max_batch_size is not None and base_rows + rows > self.max_batch_size:
                 break
-            new_width = max(width, r.prompt_tokens)
+            new_width, new_kept = max(width, r.prompt_tokens), max(kept, self._kept_estimate(r))
+            new_longest = max(longest, r.max_new_tokens)
             if self.max_batch_tokens is not None and group and new_width * rows > self.max_batch_tokens:
                 break
             if group and new_width * rows > PAD_SLACK * (real + r.prompt_tokens):
                 break
-            need = self._batch_bytes(base_rows + rows, max(below, new_width), max(above, self._kept_estimate(r), width),
-                                     max(growth, r.max_new_tokens)) + self.budget.prefill_bytes(new_width * rows)
+            need = self._batch_bytes(base_rows + rows, max(below, new_width), max(above, new_kept),
+                                     max(growth, new_longest)) + self.budget.prefill_bytes(new_width * rows)
             if need > self.budget.limit:
                 break
             group.append(i)
-            key, width, real = stack_key(r.inputs), new_width, real + r.prompt_tokens
+            key, width, kept, longest, real = stack_key(r.inputs), new_width, new_kept, new_longest, real + r.prompt_tokens
         for _ in group:
             pending.popleft()
         return group
 
-    def _too_big(self, request: GenerationRequest, measured: bool = False) -> str:
-        need = self._batch_bytes(1, request.prompt_tokens, self._kept_estimate(request), request.max_new_tokens) \
+    def need_alone(self, request: GenerationRequest) -> int:
+        """Bytes this request needs decoding alone: its prefill and its cache at its longest answer."""
+        return self._batch_bytes(1, request.prompt_tokens, self._kept_estimate(request), request.max_new_tokens) \
             + self.budget.prefill_bytes(request.prompt_tokens)
+
+    def _too_big(self, request: GenerationRequest, measured: bool = False) -> str:
+        need = self.need_alone(request)
         how = "ran out of device memory with this item alone" if measured else \
             f"this item needs about {need / 2**20:.1f} MiB for its prefill and cache"
         return (f"{how} ({request.prompt_tokens} prompt tokens, {request.max_new_tokens} new), more than the "
@@ -230,7 +235,9 @@ class GenerationEngine:
         decoding = DecodeBatch(cache=out.cache, split=self._split(), below=attention,
                                above=pruned if pruned is not None else attention.bool(), positions=positions,
                                last=first, steps=steps, tokens=steps.new_full((len(group), 0), self.pad_id),
-                               rows=list(group), started=[0.0] * len(group), **row)
+                               rows=list(group), started=[0.0] * len(group),
+                               host_steps=np.zeros(len(group), dtype=np.int64),
+                               host_limits=np.array([requests[i].max_new_tokens for i in group]), **row)
         decoding.advance(first)
         if self._pruning_on():
             for i, item in zip(group, self.pruning.last_stats):
@@ -343,7 +350,7 @@ class GenerationEngine:
         pending.extendleft(reversed(batch.rows[half:]))
         kept = batch.select(list(range(half)))
         self.budget.limit = min(self.budget.limit, self._batch_bytes(
-            kept.size, kept.below.shape[1], kept.above.shape[1], int((kept.limits - kept.steps).max())))
+            kept.size, kept.below.shape[1], kept.above.shape[1], kept.growth))
         return kept
 
     def _release(self) -> None:
