@@ -176,6 +176,7 @@ def decode_row(row: dict, cfg: SamplingConfig, isolation: DecodeIsolationConfig 
         row.setdefault(name, None)
     for key in ("start_s", "end_s", "media_type"):
         row[key] = row.get(key) if is_present(row.get(key)) else None
+    row["source_id"] = row["source_id"] or row["id"]  # an unsplit row is its own source
     row["status"] = row["status"] or OK
     row["latency_s"] = row["latency_s"] or 0.0
     row["frames"], row["fps"] = b"", 0.0

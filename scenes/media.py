@@ -99,6 +99,24 @@ def write_video(
     return shapes
 
 
+def write_scenes(path: str | Path, cuts: list[float], duration: float, seed: int = 0, size: tuple[int, int] = (96, 128),
+                 fps: int = 24) -> None:
+    """Encode a video of `duration` s whose content changes completely at each time in `cuts`:
+    every scene has its own background and moving shapes, so a shot detector has hard cuts at
+    known times (`int(cut * fps) / fps`, the first frame of the new scene)."""
+    rng = np.random.default_rng(seed)
+    h, w = size
+    bounds = [0, *[int(c * fps) for c in cuts], int(round(duration * fps))]
+
+    def frames() -> Iterable[np.ndarray]:
+        for first, stop in zip(bounds, bounds[1:]):
+            bg, shapes = background(h, w, rng), random_shapes(rng, 2, h, w, moving=True)
+            for t in range(stop - first):
+                yield render(bg, shapes, t % 48)
+
+    write_frames(path, frames(), fps)
+
+
 def write_frames(path: str | Path, frames: Iterable[np.ndarray], fps: int) -> None:
     """Encode RGB uint8 frames [H, W, 3] (even sides) as an H.264 mp4 with PyAV.
 
