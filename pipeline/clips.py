@@ -100,23 +100,23 @@ def detect_cuts(path: str, uri: str, start: float, end: float) -> tuple[list[flo
     """Shot cut times (s) inside [start, end) and the video's duration from its last frame.
 
     Every frame is decoded (inter frames need their references) but only one per
-    1/DETECT_FPS s is scaled, by the decoder's own scaler, to DETECT_WIDTH pixels for the detector.
+    1/DETECT_FPS s is scaled (by libswscale, one context reused) to DETECT_WIDTH pixels for the detector.
     """
     import av
+    from av.video.reformatter import VideoReformatter
     from scenedetect import ContentDetector, FrameTimecode
 
+    scaler = VideoReformatter()  # one scaler for the whole video: a new one per frame costs more than the decoding
     detector = ContentDetector(threshold=DETECT_THRESHOLD, min_scene_len=0.0)
     cuts: list[float] = []
     next_at, duration, last = start, 0.0, None
     try:
         with av.open(path) as container:
             stream = _video_stream(container, uri)
-            stream.thread_type = "AUTO"
             base = float((stream.start_time or 0) * stream.time_base)
             rate = float(stream.average_rate or 25)
             if start > 0:
                 container.seek(int((start + base) / stream.time_base), stream=stream, backward=True)
-            width = DETECT_WIDTH
             for frame in container.decode(stream):
                 if frame.pts is None:
                     continue
@@ -126,9 +126,10 @@ def detect_cuts(path: str, uri: str, start: float, end: float) -> tuple[list[flo
                     break
                 if t < next_at:
                     continue
-                next_at = t + 1 / DETECT_FPS
-                height = max(2, round(width * frame.height / frame.width / 2) * 2)
-                image = frame.to_ndarray(width=width, height=height, format="bgr24")
+                next_at = t + (1 - 1e-3) / DETECT_FPS  # the tolerance keeps a 24 fps video on every third frame
+                height = max(2, round(DETECT_WIDTH * frame.height / frame.width / 2) * 2)
+                image = scaler.reformat(frame, width=DETECT_WIDTH, height=height, format="bgr24",
+                                        interpolation="AREA").to_ndarray()
                 timecode = FrameTimecode(t, fps=rate)
                 cuts += [c.seconds for c in detector.process_frame(timecode, image)]
                 last = timecode

@@ -110,10 +110,11 @@ def plan_batch(table: pa.Table, *, clips: ClipsConfig, max_bytes: int, output: s
                 for i, (a, b) in enumerate(windows)]
     if plans:
         write_plans(plans, output, fingerprint, run_id)
-    if tags is not None:
+    if tags is not None and probed:
         metrics = stage_metrics()
         metrics.sources_planned.inc(probed, tags=tags)
-        metrics.clips_planned.inc(len(plans), tags=tags)
+        if plans:  # Ray's counters refuse an increment of 0
+            metrics.clips_planned.inc(len(plans), tags=tags)
     report(board, "plan", probed)
     report(board, "plan_rows", len(plans) + failed)
     return pa.Table.from_pylist(out, schema=schema)
