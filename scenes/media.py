@@ -22,6 +22,7 @@ COLOURS = {
     "orange": (240, 140, 30),
 }
 SHAPES = ("circle", "square", "triangle")
+LOOP_FRAMES = 48  # write_scenes renders this many frames of a scene and plays them back and forth
 SCENE_COLOURS = ((200, 60, 60), (40, 40, 140), (230, 220, 90), (40, 120, 50), (220, 120, 220))  # write_scenes' backgrounds: hue and brightness change at each cut
 
 
@@ -115,8 +116,9 @@ def write_scenes(path: str | Path, cuts: list[float], duration: float, seed: int
         for scene, (first, stop) in enumerate(zip(bounds, bounds[1:])):
             bg = background(h, w, rng, SCENE_COLOURS[scene % len(SCENE_COLOURS)])
             shapes = random_shapes(rng, 2, h, w, moving=True)
-            for t in range(stop - first):
-                yield render(bg, shapes, t % 48)
+            loop = [render(bg, shapes, t) for t in range(min(LOOP_FRAMES, stop - first))]
+            for t in range(stop - first):  # the shapes move back and forth: no jump that looks like a cut
+                yield loop[min(t % (2 * LOOP_FRAMES), 2 * LOOP_FRAMES - 1 - t % (2 * LOOP_FRAMES))]
 
     write_frames(path, frames(), fps)
 
