@@ -13,6 +13,7 @@ Everything here is per video and pure of Ray; `pipeline.plans` runs it as a stag
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 
@@ -72,7 +73,7 @@ def _video_stream(container, uri: str):
     return container.streams.video[0]
 
 
-def probe_duration(path: str, uri: str) -> float:
+def probe_duration(path: Any, uri: str) -> float:
     """Seconds of video from the container's metadata; the packets' timestamps where it has none."""
     import av
 
@@ -96,7 +97,7 @@ def _positive(duration: float, uri: str) -> float:
     return duration
 
 
-def detect_cuts(path: str, uri: str, start: float, end: float) -> tuple[list[float], float]:
+def detect_cuts(path: Any, uri: str, start: float, end: float) -> tuple[list[float], float]:
     """Shot cut times (s) inside [start, end) and the video's duration from its last frame.
 
     Every frame is decoded (inter frames need their references) but only one per
@@ -143,8 +144,9 @@ def detect_cuts(path: str, uri: str, start: float, end: float) -> tuple[list[flo
     return [c for c in cuts if start < c < end], duration
 
 
-def plan_video(path: str, uri: str, cfg: ClipsConfig, start_s: float | None, end_s: float | None) -> list[Window]:
-    """The clip windows (seconds from the video's start, in time order) of one video, inside the
+def plan_video(path: Any, uri: str, cfg: ClipsConfig, start_s: float | None, end_s: float | None) -> list[Window]:
+    """The clip windows (seconds from the video's start, in time order) of one video (`path`: a
+    local path or a seekable file object, as `av.open` takes), inside the
     manifest row's own window when it has one; MediaError when it cannot be opened or the window
     lies outside it."""
     start = 0.0 if start_s is None else float(start_s)

@@ -33,7 +33,7 @@ from pipeline.progress import report
 from pipeline.sandbox import PLAN, run_isolated
 from pipeline.schema import is_present, mark_failed
 from pipeline.sink import PLANS_DIR, READERS, FingerprintMismatchError, atomic_write, part_files, quarantine, subdir
-from pipeline.storage import spooled
+from pipeline.storage import readable, spooled
 
 PLAN_SCHEMA = pa.schema([
     pa.field("source_id", pa.string(), nullable=False),
@@ -67,9 +67,10 @@ def check_clip_ids(manifest: pa.Table) -> None:
 
 
 def plan_source(uri: str, cfg: ClipsConfig, max_bytes: int, start_s: float | None, end_s: float | None) -> list[Window]:
-    """The clip windows of one video; what the isolated child process runs."""
-    with spooled(uri, max_bytes) as path:
-        return plan_video(path, uri, cfg, start_s, end_s)
+    """The clip windows of one video; what the isolated child process runs. Fixed windows need
+    only the container's header, read in place; shot cuts decode the whole (spooled) video."""
+    with (spooled if cfg.mode == "shots" else readable)(uri, max_bytes) as source:
+        return plan_video(source, uri, cfg, start_s, end_s)
 
 
 def _windows(row: dict, cfg: ClipsConfig, max_bytes: int, isolation: DecodeIsolationConfig | None) -> list[Window]:
