@@ -133,14 +133,14 @@ def main(argv: list[str] | None = None) -> dict:
         plan_rows = planning(Path(tmp), args)
         e2e_rows = end_to_end(Path(tmp), args) if args.videos else []
     print(table([("planning", -26), ("CPU s", 8), ("CPU s / h of video", 19), ("clips", 6), ("max cut error s", 16)],
-                [(r["what"], f"{r['cpu_s']:.3f}", f"{r['cpu_s_per_hour']:.1f}", r.get("clips", ""),
+                [(r["what"], f"{r['cpu_s']:.3f}", f"{r['cpu_s_per_hour']:.2f}", r.get("clips", ""),
                   "" if r.get("max_cut_error_s") is None else f"{r['max_cut_error_s']:.3f}") for r in plan_rows]))
     if e2e_rows:
         print(table([("end to end (shipped model)", -26), ("clips", 6), ("ok", 4), ("seconds", 8), ("clips/s", 8)],
                     [(r["what"], r["clips"], r["ok"], f"{r['seconds']:.1f}", f"{r['clips_per_s']:.2f}") for r in e2e_rows]))
     result = {
         "benchmark": "bench_clips", "date": now(), "cpu_count": os.cpu_count(), "loadavg_after": os.getloadavg(),
-        "config": {**{k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "config": {**{k: v for k, v in vars(args).items() if k != "out"},
                    "detect_fps": DETECT_FPS, "detect_width": DETECT_WIDTH},
         "versions": {"python": platform.python_version(), "av": av.__version__,
                      "scenedetect": __import__("scenedetect").__version__},
