@@ -115,14 +115,18 @@ def test_a_two_hour_video_is_planned_in_bounded_memory(tmp_path):
         assert peak < 32 << 20  # frames are analysed one at a time and dropped, never collected
 
 
+def sources(rows: list[dict]) -> pa.Table:
+    """Manifest rows still to plan, as the plan stage gets them."""
+    return pa.Table.from_pylist([{"media_type": None, "prompt": None, "start_s": None, "end_s": None,
+                                  "source_id": None, "clip_index": None, "attempt": 1, **r} for r in rows],
+                                schema=pa.schema([("id", pa.string()), ("uri", pa.string()), ("media_type", pa.string()),
+                                                  ("prompt", pa.string()), ("start_s", pa.float64()),
+                                                  ("end_s", pa.float64()), ("source_id", pa.string()),
+                                                  ("clip_index", pa.int32()), ("attempt", pa.int32())]))
+
+
 def _planned(tmp_path: Path, rows: list[dict], cfg: ClipsConfig) -> list[dict]:
-    table = pa.Table.from_pylist([{"media_type": None, "prompt": None, "start_s": None, "end_s": None,
-                                   "source_id": None, "clip_index": None, "attempt": 1, **r} for r in rows],
-                                 schema=pa.schema([("id", pa.string()), ("uri", pa.string()), ("media_type", pa.string()),
-                                                   ("prompt", pa.string()), ("start_s", pa.float64()),
-                                                   ("end_s", pa.float64()), ("source_id", pa.string()),
-                                                   ("clip_index", pa.int32()), ("attempt", pa.int32())]))
-    return plan_batch(table, clips=cfg, max_bytes=1 << 30, output=str(tmp_path / "out"), fingerprint="f",
+    return plan_batch(sources(rows), clips=cfg, max_bytes=1 << 30, output=str(tmp_path / "out"), fingerprint="f",
                       run_id="r").to_pylist()
 
 
@@ -165,3 +169,23 @@ def test_inconsistent_clip_settings_are_refused_by_name(given, problem):
 def test_length_alone_means_fixed_and_the_default_splits_nothing():
     assert ClipsConfig(length_s=10).mode == "fixed"
     assert not ClipsConfig().enabled
+
+
+def test_a_source_that_crashes_the_planner_fails_alone(tmp_path, scenes_60s, monkeypatch):
+    from pipeline import sandbox
+    from pipeline.config import DecodeIsolationConfig
+    from pipeline.failpoints import PLAN_CRASH_ENV
+
+    monkeypatch.setenv(PLAN_CRASH_ENV, "crashes")
+    sandbox._SANDBOX.close()  # a new child, which sees the failpoint
+    crashing = tmp_path / "crashes.mp4"
+    crashing.write_bytes(scenes_60s.read_bytes())
+    rows = [{"id": "bad", "uri": str(crashing)}, {"id": "good", "uri": str(scenes_60s)}]
+    try:
+        out = plan_batch(sources(rows), clips=ClipsConfig(length_s=30), max_bytes=1 << 30, output=str(tmp_path / "out"),
+                         fingerprint="f", run_id="r", isolation=DecodeIsolationConfig(max_attempts=2)).to_pylist()
+    finally:
+        sandbox._SANDBOX.close()
+    assert [(r["id"], r["status"], r["error_type"]) for r in out] == [
+        ("bad", "failed", "PlanCrashed"), ("good#0", None, None), ("good#1", None, None)]
+    assert "SIGSEGV" in out[0]["error"] and "2 attempts" in out[0]["error"]
