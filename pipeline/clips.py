@@ -34,7 +34,8 @@ def fixed_windows(start: float, end: float, length: float, stride: float, min_le
     `min_length` joins the one before when they touch (stride <= length) and is dropped when a
     gap parts them; a span shorter than `min_length` is one short window.
     """
-    count = max(1, math.ceil((end - start - length) / stride) + 1) if end - start > length else 1
+    # The tolerance keeps a float error in a duration from adding a window of a microsecond.
+    count = math.ceil((end - start - length) / stride - 1e-6) + 1 if end - start > length else 1
     starts = start + stride * np.arange(count)
     ends = np.minimum(starts + length, end)
     keep = starts < end
