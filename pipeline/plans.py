@@ -95,6 +95,7 @@ def plan_batch(table: pa.Table, *, clips: ClipsConfig, max_bytes: int, output: s
         if (row.get("media_type") or infer_media_type(row["uri"])) != "video":
             out.append(row)  # images are never split; an unknown type fails in decode, by name
             continue
+        row["media_type"] = "video"  # as resolved, also on the failed row of a source that cannot be planned
         probed += 1
         started = time.perf_counter()
         try:
