@@ -86,8 +86,19 @@ class ModelConfig(_Strict):
                             "each actor compiles at its first video and image")
 
 
+MAX_NEW_TOKENS = 4096
+
+
 class GenerationConfig(_Strict):
-    max_new_tokens: int = Field(32, ge=1, le=4096, description="most tokens generated per item")
+    """Greedy by default; a temperature above 0 samples, reproducibly per row (its seed comes from
+    `seed` and the row's id, so it draws the same tokens in any batch)."""
+
+    max_new_tokens: int = Field(32, ge=1, le=MAX_NEW_TOKENS,
+                                description="most tokens generated per item (a manifest column max_new_tokens "
+                                            "overrides it per row)")
+    temperature: float = Field(0.0, ge=0, le=10, description="0: greedy; above 0: sample at this temperature")
+    top_p: float = Field(1.0, gt=0, le=1, description="with sampling: keep the most likely tokens up to this mass")
+    seed: int = Field(0, description="with sampling: the job's seed, mixed with each row's id")
     prompt: str = Field("describe this image .", description="used when a manifest row has no prompt")
     video_prompt: str = Field("describe this video .", description="default prompt for videos")
 
@@ -112,12 +123,19 @@ class PruningConfig(_Strict):
 
 
 class BatchingConfig(_Strict):
-    """Model batches are packed by tokens, not rows, so long videos do not blow up memory."""
+    """The generation engine sizes its batches from memory: a prefill micro-batch and the rows
+    decoding together must fit `memory_utilization` of the device (of the host's available
+    memory on a CPU), or `memory_limit_mb`; the two caps are optional limits on top."""
 
-    rows_per_call: int = Field(16, ge=1, description="rows handed to a model actor per call")
+    rows_per_call: int = Field(16, ge=1, description="rows handed to a model actor per call (they decode together)")
     rows_per_decode_batch: int = Field(4, ge=1, description="rows per decode/preprocess task call")
-    max_batch_size: int = Field(8, ge=1, description="items per forward pass, at most")
-    max_batch_tokens: int = Field(16384, ge=1, description="sum of padded sequence lengths per forward pass")
+    memory_utilization: float = Field(0.9, gt=0, le=1, description="share of the device's memory (a CPU: of the "
+                                                                    "host's available memory) the model may use")
+    memory_limit_mb: float | None = Field(None, gt=0, description="MiB for caches and activations beyond the "
+                                                                  "weights, instead of memory_utilization")
+    max_batch_size: int | None = Field(None, ge=1, description="rows per forward pass, at most (none: from memory)")
+    max_batch_tokens: int | None = Field(None, ge=1, description="padded prompt tokens per prefill micro-batch, at "
+                                                                 "most (none: from memory)")
 
 
 class DecodeIsolationConfig(_Strict):

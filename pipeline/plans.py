@@ -189,8 +189,9 @@ def expected_rows(manifest: pa.Table, plans: pa.Table | None) -> pa.Table:
     joined = manifest.filter(planned).drop_columns(["start_s", "end_s"]).join(windows, keys="id", join_type="inner")
     joined = joined.sort_by([("id", "ascending"), ("clip_index", "ascending")])
     ids = pc.binary_join_element_wise(joined["id"], pc.cast(joined["clip_index"], pa.string()), CLIP_SEPARATOR)
-    clips = pa.table({"id": ids, "uri": joined["uri"], "media_type": joined["media_type"], "prompt": joined["prompt"],
-                      "start_s": joined["clip_start"], "end_s": joined["clip_end"], "source_id": joined["id"],
-                      "clip_index": joined["clip_index"]})
-    return pa.concat_tables([clips, rest.select(clips.column_names)])
+    clip_columns = {"id": ids, "start_s": joined["clip_start"], "end_s": joined["clip_end"], "source_id": joined["id"],
+                    "clip_index": joined["clip_index"]}
+    # Every other manifest column (uri, prompt, a row's own settings) is the source's.
+    clips = pa.table({name: clip_columns[name] if name in clip_columns else joined[name] for name in rest.column_names})
+    return pa.concat_tables([clips, rest])
 

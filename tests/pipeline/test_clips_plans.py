@@ -87,3 +87,12 @@ def test_the_fingerprint_covers_the_clip_settings_but_not_the_timeout():
     assert len({run_fingerprint(c) for c in (none, fixed, PipelineConfig(**base, clips=ClipsConfig(length_s=5)),
                                              PipelineConfig(**base, clips=ClipsConfig(mode="shots")))}) == 4
     assert run_fingerprint(fixed) == run_fingerprint(PipelineConfig(**base, clips=ClipsConfig(length_s=10, plan_timeout_s=9)))
+
+
+def test_a_clip_keeps_its_source_rows_own_settings():
+    source = validate_manifest(pa.table({"id": ["a"], "uri": ["/media/a.mp4"], "prompt": ["what moves ?"],
+                                         "max_new_tokens": [7]}))
+    plans = pa.table({"source_id": ["a", "a"], "clip_index": pa.array([0, 1], pa.int32()), "start_s": [0.0, 5.0],
+                      "end_s": [5.0, 9.0]})
+    rows = expected_rows(source, plans).to_pylist()
+    assert [(r["id"], r["prompt"], r["max_new_tokens"]) for r in rows] == [("a#0", "what moves ?", 7), ("a#1", "what moves ?", 7)]
