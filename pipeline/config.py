@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from pipeline.storage import credential_problem
 from pipeline.tags import default_tag_prompt, vocabulary_problem
@@ -29,6 +29,49 @@ class SamplingConfig(_Strict):
     max_media_bytes: int = Field(
         4 << 30, ge=1, description="media files larger than this are refused as failed rows, from their size alone "
                                    "(nothing is read); also bounds a remote video's local spool file")
+
+
+class ClipsConfig(_Strict):
+    """How long videos are split into clips before decoding, one result row per clip
+    (`pipeline.clips`); mode "none" keeps one row per manifest row. Images are never split, and
+    a manifest row's own start_s/end_s limits the part of the video that is split."""
+
+    mode: Literal["none", "fixed", "shots"] = Field(
+        "none", description="none, fixed (windows of length_s every stride_s) or shots (a clip per shot "
+                            "cut by PySceneDetect); giving length_s alone means fixed")
+    length_s: float | None = Field(None, gt=0, description="fixed mode: seconds per clip")
+    stride_s: float | None = Field(None, gt=0, description="fixed mode: seconds from one clip's start to the "
+                                                           "next (default length_s: back to back)")
+    min_length_s: float = Field(1.0, ge=0, description="a shot or last window shorter than this joins its "
+                                                       "neighbour; a whole video shorter is one short clip")
+    max_length_s: float | None = Field(None, gt=0, description="shots mode: shots longer than this are split "
+                                                               "into equal windows no longer than it")
+    plan_timeout_s: float = Field(1800.0, gt=0, description="a source still being probed or cut after this "
+                                                            "long fails as PlanTimeout (with decode isolation)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fixed_by_length(cls, data: object) -> object:
+        if isinstance(data, dict) and data.get("mode") is None and data.get("length_s") is not None:
+            return {**data, "mode": "fixed"}
+        return data
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "ClipsConfig":
+        if self.mode == "fixed" and self.length_s is None:
+            raise ValueError("mode fixed needs length_s (seconds per clip)")
+        if self.mode != "fixed" and (self.length_s is not None or self.stride_s is not None):
+            raise ValueError(f"length_s and stride_s apply to mode fixed, not {self.mode!r}"
+                             + ("; shots are split by max_length_s" if self.mode == "shots" else ""))
+        if self.mode != "shots" and self.max_length_s is not None:
+            raise ValueError(f"max_length_s applies to mode shots, not {self.mode!r}")
+        if self.max_length_s is not None and self.max_length_s < self.min_length_s:
+            raise ValueError(f"max_length_s ({self.max_length_s}) is below min_length_s ({self.min_length_s})")
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        return self.mode != "none"
 
 
 class ModelConfig(_Strict):
@@ -214,6 +257,7 @@ class PipelineConfig(_Strict):
     model: ModelConfig
     pruning: PruningConfig = PruningConfig()
     sampling: SamplingConfig = SamplingConfig()
+    clips: ClipsConfig = ClipsConfig()
     generation: GenerationConfig = GenerationConfig()
     batching: BatchingConfig = BatchingConfig()
     resources: ResourcesConfig = ResourcesConfig()

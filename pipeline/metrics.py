@@ -1,6 +1,7 @@
 """Live pipeline metrics through `ray.util.metrics`, exported on each Ray node's metrics port.
 
-Ray prefixes the names with `ray_` and appends `_total` to counters, so Prometheus sees e.g.
+Items are output rows: with clips on, one per clip (`iwp_sources_planned` and `iwp_clips_planned`
+count the videos split and the clips they gave). Ray prefixes the names with `ray_` and appends `_total` to counters, so Prometheus sees e.g.
 `ray_iwp_items_processed_total{job,task,method}`. Labels are the job name, task and pruning
 method (plus stage, error type or phase where that is the point); never an item id, which
 would make one series per item.
@@ -33,6 +34,8 @@ class StageMetrics:
 
         self.items_processed = counter("iwp_items_processed", "Items written to the output, ok or failed.")
         self.items_failed = counter("iwp_items_failed", "Items that ended as failed rows.", "error_type", "stage")
+        self.sources_planned = counter("iwp_sources_planned", "Source videos probed (and cut into shots) into clip plans.")
+        self.clips_planned = counter("iwp_clips_planned", "Clips in the plans made; each becomes one output row.")
         self.frames = counter("iwp_frames_decoded", "Frames decoded (an image counts as one).")
         self.visual_tokens = counter("iwp_visual_tokens", "Visual tokens before and after pruning.", "phase")
         self.prefill_tokens = counter("iwp_prefill_tokens", "Tokens run through the language model's prefill.")

@@ -23,8 +23,9 @@ from pipeline.fingerprint import new_run_id, run_fingerprint
 from pipeline.manifest import ManifestError, read_manifest
 from pipeline.lock import output_lock
 from pipeline.metrics import labels
+from pipeline.plans import check_clip_ids, expected_rows, plan_batch, read_plans
 from pipeline.preprocess import preprocess_row
-from pipeline.progress import ProgressBoard, ProgressDisplay, StallError, diagnose, watched
+from pipeline.progress import ProgressBoard, ProgressDisplay, StallError, diagnose, rows_expected, watched
 from pipeline.pushgateway import JobSummary, push_summary
 from pipeline.quarantine import CrashLedger, ModelBroken, crash_dir
 from pipeline.runlog import RunRecord, write_record
@@ -54,6 +55,9 @@ class RunReport:
     skipped: int
     seconds: float
     results: str
+    sources: int = 0  # manifest rows
+    sources_planned: int = 0  # videos this run cut into clip plans
+    clips: int = 0  # clip rows the output holds (0 without clips)
 
     @property
     def items_per_s(self) -> float:
@@ -89,6 +93,13 @@ def build_dataset(cfg: PipelineConfig, todo: pa.Table, run_id: str, fingerprint:
     cpu_stage = {"ray_remote_args_fn": lambda: {"num_cpus": cfg.resources.cpus_per_decode_task}, "batch_format": "pyarrow",
                  "batch_size": cfg.batching.rows_per_decode_batch}
     ds = ray.data.from_arrow(blocks_of(todo))
+    if cfg.clips.enabled:
+        ds = ds.map_batches(plan_batch, fn_kwargs={"clips": cfg.clips, "max_bytes": cfg.sampling.max_media_bytes,
+                                                   "output": cfg.output.path, "fingerprint": fingerprint, "run_id": run_id,
+                                                   "isolation": cfg.decode_isolation, "board": board, "tags": tags},
+                            **cpu_stage)
+        # Streamed, no barrier: a long video's clips leave in small blocks that spread over the decode tasks.
+        ds = ds.repartition(target_num_rows_per_block=cfg.batching.rows_per_decode_batch)
     ds = ds.map_batches(run_stage, fn_kwargs={"fn": decode_row, "stage": "decode", "board": board, "tags": tags,
                                               "cfg": cfg.sampling, "isolation": cfg.decode_isolation}, **cpu_stage)
     ds = ds.map_batches(run_stage, fn_kwargs={"fn": preprocess_row, "stage": "preprocess", "board": board, "tags": tags,
@@ -116,7 +127,8 @@ def build_dataset(cfg: PipelineConfig, todo: pa.Table, run_id: str, fingerprint:
 
 
 def _execute(cfg: PipelineConfig, todo: pa.Table, run_id: str, fingerprint: str, partition: str,
-             metrics_port: int | None, progress_stream, observer: RunObserver | None) -> None:
+             metrics_port: int | None, progress_stream, observer: RunObserver | None) -> dict[str, int]:
+    """Stream `todo` through the stages; returns the rows each stage finished (the board's count)."""
     ensure_ray(metrics_port)
     preemption.install(cfg.grace_period_s)  # again: ray.init replaced our SIGTERM handler with its own
     ctx = ray.data.DataContext.get_current()
@@ -128,14 +140,17 @@ def _execute(cfg: PipelineConfig, todo: pa.Table, run_id: str, fingerprint: str,
         cfg.model.path, faults.model_attempts, faults.max_consecutive_model_crashes)
     if observer is not None:
         observer.started(board)
-    display = ProgressDisplay(len(todo), stream=progress_stream)
+    display = ProgressDisplay(len(todo), stream=progress_stream, unit="clip" if cfg.clips.enabled else "item")
     batches = build_dataset(cfg, todo, run_id, fingerprint, partition, board, ledger).iter_batches(
         batch_size=None, batch_format="pyarrow")
     try:
-        for batch in watched(batches, cfg.stall_timeout_s, lambda s: diagnose(board, len(todo), s)):
+        for batch in watched(batches, cfg.stall_timeout_s, lambda s: diagnose(board, display.total, s)):
+            if cfg.clips.enabled:  # sources still to plan count one row until they are cut into clips
+                display.set_total(rows_expected(board, len(todo)))
             display.update(len(batch))
             if observer is not None:
                 observer.delivered(len(batch))
+        return ray.get(board.snapshot.remote(), timeout=30)[0]
     except preemption.Preempted:
         # Stop in-flight tasks while the output lock is still held; the rerun redoes their items.
         ray.shutdown()
@@ -220,6 +235,8 @@ def _run(cfg: PipelineConfig, retry_failed: bool, metrics_port: int | None, prog
     manifest = read_manifest(cfg.input)
     if len(manifest) == 0:
         raise ManifestError(f"manifest {cfg.input!r} has no rows")
+    if cfg.clips.enabled:
+        check_clip_ids(manifest)
     fingerprint, run_id = run_fingerprint(cfg), new_run_id()
     partition = "date=" + time.strftime("%Y-%m-%d", time.gmtime())
     with output_lock(cfg.output.path, run_id):
@@ -227,14 +244,19 @@ def _run(cfg: PipelineConfig, retry_failed: bool, metrics_port: int | None, prog
                            settings=cfg.model_dump(mode="json"))
         try:
             sweep_temporary(cfg.output.path)
-            todo = plan_resume(cfg.output.path, manifest, fingerprint, retry_failed)
-            record.todo, record.skipped = len(todo), len(manifest) - len(todo)
+            expected = _expected(cfg, manifest, fingerprint)
+            todo = plan_resume(cfg.output.path, expected, fingerprint, retry_failed)
+            record.todo, record.skipped, record.sources = len(todo), len(expected) - len(todo), len(manifest)
             write_record(cfg.output.path, record)
+            done: dict[str, int] = {}
             if len(todo):
                 with captured(cfg.output.path, run_id, console) as terminal:
-                    _execute(cfg, todo, run_id, fingerprint, partition, metrics_port, progress_stream or terminal,
-                             observer)
-            fill_missing(cfg.output.path, manifest, reconcile(cfg.output.path)["id"], run_id, fingerprint, partition)
+                    done = _execute(cfg, todo, run_id, fingerprint, partition, metrics_port, progress_stream or terminal,
+                                    observer)
+            expected = _expected(cfg, manifest, fingerprint)  # with the plans this run made
+            fill_missing(cfg.output.path, expected, reconcile(cfg.output.path)["id"], run_id, fingerprint, partition)
+            record.sources_planned = done.get("plan", 0)
+            record.clips = len(expected) - expected["clip_index"].null_count if cfg.clips.enabled else 0
         except BaseException as exc:
             error = _broken(cfg.output.path, len(manifest), exc) if isinstance(exc, ModelBroken) else exc
             record.finish(_outcome(error), error=f"{type(error).__name__}: {error}"[:2000])
@@ -254,7 +276,15 @@ def _run(cfg: PipelineConfig, retry_failed: bool, metrics_port: int | None, prog
         fingerprint=fingerprint,
         this_run=summary,
         output=summarise(table),
-        skipped=len(manifest) - len(todo),
+        skipped=record.skipped,
         seconds=seconds,
         results=subdir(cfg.output.path, RESULTS_DIR),
+        sources=record.sources,
+        sources_planned=record.sources_planned,
+        clips=record.clips,
     )
+
+
+def _expected(cfg: PipelineConfig, manifest: pa.Table, fingerprint: str) -> pa.Table:
+    """The rows the output must hold, from the clip plans recorded so far (see pipeline.plans)."""
+    return expected_rows(manifest, read_plans(cfg.output.path, fingerprint) if cfg.clips.enabled else None)

@@ -11,7 +11,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[2]
 K8S = REPO / "k8s"
 ENTRYPOINT = "iwp-annotate run /etc/iwp-annotate/job.yaml"
-SPEC_KEYS = {"name", "task", "input", "output", "model", "pruning", "sampling", "batching", "resources", "metrics"}
+SPEC_KEYS = {"name", "task", "input", "output", "model", "pruning", "sampling", "clips", "batching", "resources", "metrics"}
 RUN_BUILDS = ("small", "large")
 
 
