@@ -139,7 +139,7 @@ def test_a_row_that_cannot_fit_the_budget_fails_alone_with_its_size(shipped):
     assert f"memory budget of {limit / 2**20:.1f} MiB" in str(results[1].error)
 
 
-def test_out_of_memory_in_prefill_or_decode_retries_with_fewer_rows_and_loses_nothing(shipped, monkeypatch):
+def test_out_of_memory_in_prefill_or_decode_retries_with_fewer_rows_and_loses_nothing(shipped):
     """The CUDA error is injected on CPU: once in a prefill of several rows, once in a decode step.
     Rows go back to the queue, the estimate grows, and every answer is still the one alone."""
     model, processor, data = shipped
@@ -147,25 +147,22 @@ def test_out_of_memory_in_prefill_or_decode_retries_with_fewer_rows_and_loses_no
     requests = [GenerationRequest(x, max_new_tokens=20) for x in data]
     expected = [r.tokens for r in GenerationEngine(model, tok).generate(requests)]
     engine = GenerationEngine(model, tok)
-    real_forward, real_generate = model.forward, model.generate
     failures = {"prefill": 1, "decode": 1}
 
-    def generate(*args, **kwargs):
-        if failures["prefill"] and kwargs["input_ids"].shape[0] > 1:
+    def inject(module, args, kwargs):
+        rows, cached = kwargs["inputs_embeds"].shape[0], kwargs["cache"].get_seq_length()
+        if failures["prefill"] and cached == 0 and rows > 1:
             failures["prefill"] -= 1
             raise torch.OutOfMemoryError("CUDA out of memory (injected)")
-        return real_generate(*args, **kwargs)
-
-    def forward(*args, **kwargs):
-        cache = kwargs.get("cache")
-        if failures["decode"] and cache is not None and cache.get_seq_length() > 0 and kwargs["input_ids"].shape[0] > 2:
+        if failures["decode"] and cached > 0 and rows > 2:
             failures["decode"] -= 1
             raise torch.OutOfMemoryError("CUDA out of memory (injected)")
-        return real_forward(*args, **kwargs)
 
-    monkeypatch.setattr(model, "generate", generate)
-    monkeypatch.setattr(model, "forward", forward)
-    results = engine.generate(requests)
+    hook = model.model.language_model.register_forward_pre_hook(inject, with_kwargs=True)
+    try:
+        results = engine.generate(requests)
+    finally:
+        hook.remove()
     assert failures == {"prefill": 0, "decode": 0} and engine.last_run.oom_retries == 2
     assert [r.error for r in results] == [None] * len(requests)
     assert [r.tokens for r in results] == expected
