@@ -18,7 +18,6 @@ from pipeline import preemption
 from pipeline.config import PipelineConfig
 from pipeline.console import Console, captured
 from pipeline.decode import decode_row
-from pipeline.engine import ModelEngine
 from pipeline.fingerprint import new_run_id, run_fingerprint
 from pipeline.manifest import ManifestError, read_manifest
 from pipeline.lock import output_lock
@@ -31,7 +30,7 @@ from pipeline.runlog import RunRecord, write_record
 from pipeline.sink import (RESULTS_DIR, Summary, fill_missing, plan_resume, read_results, reconcile, subdir, summarise,
                            sweep_temporary, write_batch)
 from pipeline.storage import OutputStorageError, probe, storage_error
-from pipeline.stages import run_stage
+from pipeline.stages import ModelStage, run_stage
 
 
 class RunObserver(Protocol):
@@ -70,6 +69,25 @@ def ensure_ray(metrics_port: int | None = None) -> None:
         ray.init(include_dashboard=False, logging_level=logging.WARNING, _metrics_export_port=metrics_port)
 
 
+def stop_ray() -> None:
+    """Shut down this process's Ray instance now, a second and a half sooner than at interpreter exit.
+
+    For a command-line run, whose process ends with the run; library callers keep their Ray.
+    `ray.shutdown()` at exit first sleeps 0.5 s, and it stops the local instance's processes one by
+    one, the autoscaler monitor after the GCS: the monitor's SIGTERM handler then waits for the dead
+    GCS until Ray's one-second grace ends and Ray kills it (ray 2.60). The monitor keeps no state
+    for a single machine, so it is killed first, as Ray would a second later; the rest stop as Ray
+    stops them. An instance this process only connected to (RAY_ADDRESS) is left running.
+    """
+    if not ray.is_initialized():
+        return
+    node = getattr(ray._private.worker, "_global_node", None)
+    for info in getattr(node, "all_processes", {}).get(ray._private.ray_constants.PROCESS_TYPE_MONITOR, []):
+        info.process.kill()
+        info.process.wait()
+    ray.shutdown()
+
+
 def blocks_of(manifest: pa.Table, target_blocks: int = 200, max_rows: int = 64, max_blocks: int = 1000) -> list[pa.Table]:
     """Slice the manifest so decode work spreads over many tasks, even for tiny manifests.
 
@@ -97,7 +115,7 @@ def build_dataset(cfg: PipelineConfig, todo: pa.Table, run_id: str, fingerprint:
                                               "task_prompt": cfg.task_prompt, "isolation": cfg.fault_tolerance},
                        **cpu_stage)
     ds = ds.map_batches(
-        ModelEngine,
+        ModelStage,
         fn_constructor_kwargs={"cfg": cfg, "board": board, "ledger": ledger},
         batch_size=cfg.batching.rows_per_call,
         batch_format="numpy",
