@@ -35,7 +35,7 @@ from pipeline.stages import ModelStage, run_stage
 
 class RunObserver(Protocol):
     """Optional hooks for a caller that times a run from outside it (the pipeline benchmark); called
-    on the driver, and must return at once. `started` gets the run's ProgressBoard actor before the
+    on the driver, and must return at once. `started` gets the run's `RunBook` actor before the
     first batch (its ``snapshot`` gives the rows each stage has finished); `delivered` gets each
     output batch's row count as it reaches the driver."""
 
@@ -57,6 +57,18 @@ class RunReport:
     @property
     def items_per_s(self) -> float:
         return self.this_run.total / self.seconds if self.seconds > 0 else 0.0
+
+
+class RunBook(ProgressBoard, CrashLedger):
+    """The run's bookkeeping in one Ray actor: the progress board and the crash ledger.
+
+    Each is a few dicts that the driver owns for the run; as two actors they cost a second worker
+    process at start-up, while the decode tasks and the model actor wait for worker processes.
+    """
+
+    def __init__(self, model: str, attempts: int, breaker: int) -> None:
+        ProgressBoard.__init__(self)
+        CrashLedger.__init__(self, model, attempts, breaker)
 
 
 def ensure_ray(metrics_port: int | None = None) -> None:
@@ -140,9 +152,8 @@ def _execute(cfg: PipelineConfig, todo: pa.Table, run_id: str, fingerprint: str,
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False  # ours shows items, with the ETA
     ctx.raise_original_map_exception = True  # keeps e.g. OutputStorageError recognisable at the driver
-    board = ProgressBoard.remote()
     faults = cfg.fault_tolerance
-    ledger = ray.remote(num_cpus=0, max_restarts=-1)(CrashLedger).remote(
+    board = ledger = ray.remote(num_cpus=0, max_restarts=-1)(RunBook).remote(
         cfg.model.path, faults.model_attempts, faults.max_consecutive_model_crashes)
     if observer is not None:
         observer.started(board)
@@ -162,7 +173,6 @@ def _execute(cfg: PipelineConfig, todo: pa.Table, run_id: str, fingerprint: str,
         display.close()
         if ray.is_initialized():
             ray.kill(board)
-            ray.kill(ledger)
             shutil.rmtree(crash_dir(ray.get_runtime_context().get_job_id()), ignore_errors=True)
 
 
