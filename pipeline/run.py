@@ -30,7 +30,7 @@ from pipeline.runlog import RunRecord, write_record
 from pipeline.sink import (RESULTS_DIR, Summary, fill_missing, plan_resume, read_results, reconcile, subdir, summarise,
                            sweep_temporary, write_batch)
 from pipeline.storage import OutputStorageError, probe, storage_error
-from pipeline.stages import ModelStage, run_stage
+from pipeline.stages import ModelStage, run_stages
 
 
 class RunObserver(Protocol):
@@ -119,13 +119,11 @@ def build_dataset(cfg: PipelineConfig, todo: pa.Table, run_id: str, fingerprint:
     cpu_stage = {"ray_remote_args_fn": lambda: {"num_cpus": cfg.resources.cpus_per_decode_task}, "batch_format": "pyarrow",
                  "batch_size": cfg.batching.rows_per_decode_batch}
     ds = ray.data.from_arrow(blocks_of(todo))
-    ds = ds.map_batches(run_stage, fn_kwargs={"fn": decode_row, "stage": "decode", "board": board, "tags": tags,
-                                              "cfg": cfg.sampling, "isolation": cfg.decode_isolation}, **cpu_stage)
-    ds = ds.map_batches(run_stage, fn_kwargs={"fn": preprocess_row, "stage": "preprocess", "board": board, "tags": tags,
-                                              "model_path": cfg.model.path, "gen": cfg.generation,
-                                              "trust_remote_code": cfg.model.trust_remote_code,
-                                              "task_prompt": cfg.task_prompt, "isolation": cfg.fault_tolerance},
-                       **cpu_stage)
+    steps = [("decode", decode_row, {"cfg": cfg.sampling, "isolation": cfg.decode_isolation}),
+             ("preprocess", preprocess_row, {"model_path": cfg.model.path, "gen": cfg.generation,
+                                             "trust_remote_code": cfg.model.trust_remote_code,
+                                             "task_prompt": cfg.task_prompt, "isolation": cfg.fault_tolerance})]
+    ds = ds.map_batches(run_stages, fn_kwargs={"steps": steps, "board": board, "tags": tags}, **cpu_stage)
     ds = ds.map_batches(
         ModelStage,
         fn_constructor_kwargs={"cfg": cfg, "board": board, "ledger": ledger},

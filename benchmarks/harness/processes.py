@@ -11,15 +11,31 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 
+def _session_alive(sid: int) -> bool:
+    """Whether any process of session `sid` is still running (zombies aside)."""
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                if os.getsid(int(entry)) == sid and Path(f"/proc/{entry}/stat").read_text().split(") ", 1)[1][0] != "Z":
+                    return True
+            except (OSError, IndexError):
+                continue
+    return False
+
+
 def run_process(argv: Sequence[str], log: Path, env: dict[str, str] | None = None, cwd: Path | None = None,
-                timeout_s: float = 900.0) -> dict:
+                timeout_s: float = 900.0, linger_timeout_s: float = 60.0) -> dict:
     """Run `argv` to its end with its output in `log`: wall seconds, CPU seconds (its own and those of
-    the descendants it reaped, from wait4), peak RSS of the largest of them, and the exit code."""
+    the descendants it reaped, from wait4), peak RSS of the largest of them, and the exit code.
+
+    It runs in a session of its own; after it exits, this waits (up to `linger_timeout_s`) until no
+    process of that session is left (Ray's workers and their children end after the driver), so one
+    run's tail never runs into the next run's time. `linger_s` is how long that took."""
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "wb") as out:
         started = time.perf_counter()
         proc = subprocess.Popen(list(argv), stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                env=env, cwd=cwd)
+                                env=env, cwd=cwd, start_new_session=True)
         deadline = started + timeout_s
         while True:
             pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
@@ -30,8 +46,10 @@ def run_process(argv: Sequence[str], log: Path, env: dict[str, str] | None = Non
             time.sleep(0.02)
         wall = time.perf_counter() - started
     proc.returncode = os.waitstatus_to_exitcode(status)
+    while _session_alive(proc.pid) and time.perf_counter() - started - wall < linger_timeout_s:
+        time.sleep(0.1)
     return {"wall_s": wall, "cpu_s": usage.ru_utime + usage.ru_stime, "max_rss_mb": usage.ru_maxrss / 1024,
-            "returncode": proc.returncode, "log": str(log)}
+            "returncode": proc.returncode, "linger_s": time.perf_counter() - started - wall, "log": str(log)}
 
 
 def paired(commands: dict[str, Callable[[str], tuple[Sequence[str], Path]]], pairs: int, warmups: int,
@@ -52,7 +70,8 @@ def paired(commands: dict[str, Callable[[str], tuple[Sequence[str], Path]]], pai
             run = run_process(argv, log, env=env, cwd=cwd)
             check(name, run)
             run["tag"] = tag
-            print(f"  {tag:<8} {name:<6} {run['wall_s']:6.1f} s wall, {run['cpu_s']:6.1f} s CPU reaped", flush=True)
+            print(f"  {tag:<8} {name:<6} {run['wall_s']:6.1f} s wall, {run['cpu_s']:6.1f} s CPU reaped, "
+                  f"its processes gone {run['linger_s']:.1f} s after it exited", flush=True)
             if index >= warmups:
                 runs[name].append(run)
     ratios = [a["wall_s"] / b["wall_s"] for a, b in zip(runs[first], runs[second])]
@@ -62,6 +81,7 @@ def paired(commands: dict[str, Callable[[str], tuple[Sequence[str], Path]]], pai
         "runs": runs,
         "median_wall_s": {name: statistics.median(r["wall_s"] for r in rs) for name, rs in runs.items()},
         "median_cpu_s": {name: statistics.median(r["cpu_s"] for r in rs) for name, rs in runs.items()},
+        "median_linger_s": {name: statistics.median(r["linger_s"] for r in rs) for name, rs in runs.items()},
         "ratios": ratios,
         "median_ratio": statistics.median(ratios),
         "ratio_range": [min(ratios), max(ratios)],
