@@ -11,16 +11,23 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 
-def _session_alive(sid: int) -> bool:
-    """Whether any process of session `sid` is still running (zombies aside)."""
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _session(sid: int) -> dict[int, float]:
+    """The live processes of session `sid` (zombies aside), each with its CPU seconds so far."""
+    found = {}
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             try:
-                if os.getsid(int(entry)) == sid and Path(f"/proc/{entry}/stat").read_text().split(") ", 1)[1][0] != "Z":
-                    return True
+                if os.getsid(int(entry)) != sid:
+                    continue
+                fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
             except (OSError, IndexError):
                 continue
-    return False
+            if fields[0] != "Z":
+                found[int(entry)] = (int(fields[11]) + int(fields[12])) / _TICK  # utime + stime
+    return found
 
 
 def run_process(argv: Sequence[str], log: Path, env: dict[str, str] | None = None, cwd: Path | None = None,
@@ -30,26 +37,33 @@ def run_process(argv: Sequence[str], log: Path, env: dict[str, str] | None = Non
 
     It runs in a session of its own; after it exits, this waits (up to `linger_timeout_s`) until no
     process of that session is left (Ray's workers and their children end after the driver), so one
-    run's tail never runs into the next run's time. `linger_s` is how long that took."""
+    run's tail never runs into the next run's time. `linger_s` is how long that took. `session_cpu_s`
+    is the CPU seconds of every process of the session (Ray's too), read from /proc every 0.05 s:
+    what the job cost the machine, which other load changes far less than it changes wall time
+    (a process that lives under 0.05 s may be missed)."""
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "wb") as out:
         started = time.perf_counter()
         proc = subprocess.Popen(list(argv), stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 env=env, cwd=cwd, start_new_session=True)
         deadline = started + timeout_s
+        cpu: dict[int, float] = {}
         while True:
+            cpu.update(_session(proc.pid))
             pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
             if pid:
                 break
             if time.perf_counter() > deadline:
                 proc.kill()
-            time.sleep(0.02)
+            time.sleep(0.05)
         wall = time.perf_counter() - started
     proc.returncode = os.waitstatus_to_exitcode(status)
-    while _session_alive(proc.pid) and time.perf_counter() - started - wall < linger_timeout_s:
+    while (alive := _session(proc.pid)) and time.perf_counter() - started - wall < linger_timeout_s:
+        cpu.update(alive)
         time.sleep(0.1)
-    return {"wall_s": wall, "cpu_s": usage.ru_utime + usage.ru_stime, "max_rss_mb": usage.ru_maxrss / 1024,
-            "returncode": proc.returncode, "linger_s": time.perf_counter() - started - wall, "log": str(log)}
+    return {"wall_s": wall, "cpu_s": usage.ru_utime + usage.ru_stime, "session_cpu_s": sum(cpu.values()),
+            "max_rss_mb": usage.ru_maxrss / 1024, "returncode": proc.returncode,
+            "linger_s": time.perf_counter() - started - wall, "log": str(log)}
 
 
 def paired(commands: dict[str, Callable[[str], tuple[Sequence[str], Path]]], pairs: int, warmups: int,
@@ -70,8 +84,8 @@ def paired(commands: dict[str, Callable[[str], tuple[Sequence[str], Path]]], pai
             run = run_process(argv, log, env=env, cwd=cwd)
             check(name, run)
             run["tag"] = tag
-            print(f"  {tag:<8} {name:<6} {run['wall_s']:6.1f} s wall, {run['cpu_s']:6.1f} s CPU reaped, "
-                  f"its processes gone {run['linger_s']:.1f} s after it exited", flush=True)
+            print(f"  {tag:<8} {name:<6} {run['wall_s']:6.1f} s wall, {run['session_cpu_s']:6.1f} s CPU (all its "
+                  f"processes), which were gone {run['linger_s']:.1f} s after it exited", flush=True)
             if index >= warmups:
                 runs[name].append(run)
     ratios = [a["wall_s"] / b["wall_s"] for a, b in zip(runs[first], runs[second])]
@@ -80,7 +94,8 @@ def paired(commands: dict[str, Callable[[str], tuple[Sequence[str], Path]]], pai
         "warmup_pairs": warmups,
         "runs": runs,
         "median_wall_s": {name: statistics.median(r["wall_s"] for r in rs) for name, rs in runs.items()},
-        "median_cpu_s": {name: statistics.median(r["cpu_s"] for r in rs) for name, rs in runs.items()},
+        "median_session_cpu_s": {name: statistics.median(r["session_cpu_s"] for r in rs) for name, rs in runs.items()},
+        "cpu_ratios": [a["session_cpu_s"] / b["session_cpu_s"] for a, b in zip(runs[first], runs[second])],
         "median_linger_s": {name: statistics.median(r["linger_s"] for r in rs) for name, rs in runs.items()},
         "ratios": ratios,
         "median_ratio": statistics.median(ratios),

@@ -80,3 +80,17 @@ def test_paired_processes_alternate_and_ratio_wall_times(tmp_path):
     assert [r["tag"] for r in result["runs"]["slow"]] == ["pair0", "pair1"]  # the warm-up pair is not counted
     assert all(r > 1.5 for r in result["ratios"]) and result["median_ratio"] > 1.5
     assert result["median_wall_s"]["slow"] >= 0.6 > result["median_wall_s"]["fast"] >= 0.2
+    assert all(r["linger_s"] < 1 and r["session_cpu_s"] >= 0 for rs in result["runs"].values() for r in rs)
+
+
+def test_a_run_waits_for_the_processes_it_left_and_counts_their_cpu(tmp_path):
+    import sys
+
+    from benchmarks.harness.processes import run_process
+
+    child = "import time\nwhile time.process_time() < 0.6: pass"  # spins until it has used 0.6 CPU-seconds
+    run = run_process([sys.executable, "-c", f"import subprocess, sys; subprocess.Popen([sys.executable, '-c', {child!r}])"],
+                      tmp_path / "run.log")
+    assert run["returncode"] == 0
+    assert run["linger_s"] >= 0.2  # the orphaned child outlived its parent, and was waited for
+    assert run["session_cpu_s"] >= 0.45  # its CPU counted, though its parent never reaped it
