@@ -1,8 +1,9 @@
 """Know what a running job is doing: per-stage progress, a progress display, a hang watchdog.
 
-Stages report batch completions to one small `ProgressBoard` actor (fire-and-forget, once per
-batch); the driver shows items done with rate and ETA, and fails the job with a diagnostic
-naming the stuck stage when no item finishes for `stall_timeout_s`, instead of hanging.
+Stages report batch completions to one small `ProgressBoard` (fire-and-forget, once per batch;
+a Ray actor that `pipeline.run` shares with the crash ledger); the driver shows items done with
+rate and ETA, and fails the job with a diagnostic naming the stuck stage when no item finishes
+for `stall_timeout_s`, instead of hanging.
 """
 
 from __future__ import annotations
@@ -26,23 +27,24 @@ class StallError(RuntimeError):
     """No item finished for too long; the message says which stage is stuck."""
 
 
-@ray.remote(num_cpus=0, max_restarts=-1)
 class ProgressBoard:
+    """Rows finished per stage, and the batches still running with when they started."""
+
     def __init__(self) -> None:
         self.done: Counter[str] = Counter()
-        self.running: dict[str, tuple[str, float]] = {}
+        self.in_progress: dict[str, tuple[str, float]] = {}
 
     def started(self, key: str, stage: str) -> None:
-        self.running[key] = (stage, time.time())
+        self.in_progress[key] = (stage, time.time())
 
     def finished(self, stage: str, rows: int, key: str | None = None) -> None:
         self.done[stage] += rows
         if key is not None:
-            self.running.pop(key, None)
+            self.in_progress.pop(key, None)
 
     def snapshot(self) -> tuple[dict[str, int], list[tuple[str, float]]]:
         now = time.time()
-        return dict(self.done), [(stage, now - t) for stage, t in self.running.values()]
+        return dict(self.done), [(stage, now - t) for stage, t in self.in_progress.values()]
 
 
 def report(board: Any, stage: str, rows: int, key: str | None = None) -> None:

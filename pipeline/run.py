@@ -18,7 +18,6 @@ from pipeline import preemption
 from pipeline.config import PipelineConfig
 from pipeline.console import Console, captured
 from pipeline.decode import decode_row
-from pipeline.engine import ModelEngine
 from pipeline.fingerprint import new_run_id, run_fingerprint
 from pipeline.manifest import ManifestError, read_manifest
 from pipeline.lock import output_lock
@@ -32,12 +31,12 @@ from pipeline.runlog import RunRecord, write_record
 from pipeline.sink import (RESULTS_DIR, Summary, fill_missing, plan_resume, read_results, reconcile, subdir, summarise,
                            sweep_temporary, write_batch)
 from pipeline.storage import OutputStorageError, probe, storage_error
-from pipeline.stages import run_stage
+from pipeline.stages import ModelStage, run_stages
 
 
 class RunObserver(Protocol):
     """Optional hooks for a caller that times a run from outside it (the pipeline benchmark); called
-    on the driver, and must return at once. `started` gets the run's ProgressBoard actor before the
+    on the driver, and must return at once. `started` gets the run's `RunBook` actor before the
     first batch (its ``snapshot`` gives the rows each stage has finished); `delivered` gets each
     output batch's row count as it reaches the driver."""
 
@@ -64,6 +63,18 @@ class RunReport:
         return self.this_run.total / self.seconds if self.seconds > 0 else 0.0
 
 
+class RunBook(ProgressBoard, CrashLedger):
+    """The run's bookkeeping in one Ray actor: the progress board and the crash ledger.
+
+    Each is a few dicts that the driver owns for the run; as two actors they cost a second worker
+    process at start-up, while the decode tasks and the model actor wait for worker processes.
+    """
+
+    def __init__(self, model: str, attempts: int, breaker: int) -> None:
+        ProgressBoard.__init__(self)
+        CrashLedger.__init__(self, model, attempts, breaker)
+
+
 def ensure_ray(metrics_port: int | None = None) -> None:
     """Join the cluster in RAY_ADDRESS if set, else start a private local instance."""
     if ray.is_initialized():
@@ -72,6 +83,25 @@ def ensure_ray(metrics_port: int | None = None) -> None:
         ray.init(address=os.environ["RAY_ADDRESS"], logging_level=logging.WARNING)
     else:
         ray.init(include_dashboard=False, logging_level=logging.WARNING, _metrics_export_port=metrics_port)
+
+
+def stop_ray() -> None:
+    """Shut down this process's Ray instance now, a second and a half sooner than at interpreter exit.
+
+    For a command-line run, whose process ends with the run; library callers keep their Ray.
+    `ray.shutdown()` at exit first sleeps 0.5 s, and it stops the local instance's processes one by
+    one, the autoscaler monitor after the GCS: the monitor's SIGTERM handler then waits for the dead
+    GCS until Ray's one-second grace ends and Ray kills it (ray 2.60). The monitor keeps no state
+    for a single machine, so it is killed first, as Ray would a second later; the rest stop as Ray
+    stops them. An instance this process only connected to (RAY_ADDRESS) is left running.
+    """
+    if not ray.is_initialized():
+        return
+    node = getattr(ray._private.worker, "_global_node", None)
+    for info in getattr(node, "all_processes", {}).get(ray._private.ray_constants.PROCESS_TYPE_MONITOR, []):
+        info.process.kill()
+        info.process.wait()
+    ray.shutdown()
 
 
 def blocks_of(manifest: pa.Table, target_blocks: int = 200, max_rows: int = 64, max_blocks: int = 1000) -> list[pa.Table]:
@@ -100,15 +130,13 @@ def build_dataset(cfg: PipelineConfig, todo: pa.Table, run_id: str, fingerprint:
                             **cpu_stage)
         # Streamed, no barrier: a long video's clips leave in small blocks that spread over the decode tasks.
         ds = ds.repartition(target_num_rows_per_block=cfg.batching.rows_per_decode_batch)
-    ds = ds.map_batches(run_stage, fn_kwargs={"fn": decode_row, "stage": "decode", "board": board, "tags": tags,
-                                              "cfg": cfg.sampling, "isolation": cfg.decode_isolation}, **cpu_stage)
-    ds = ds.map_batches(run_stage, fn_kwargs={"fn": preprocess_row, "stage": "preprocess", "board": board, "tags": tags,
-                                              "model_path": cfg.model.path, "gen": cfg.generation,
-                                              "trust_remote_code": cfg.model.trust_remote_code,
-                                              "task_prompt": cfg.task_prompt, "isolation": cfg.fault_tolerance},
-                       **cpu_stage)
+    steps = [("decode", decode_row, {"cfg": cfg.sampling, "isolation": cfg.decode_isolation}),
+             ("preprocess", preprocess_row, {"model_path": cfg.model.path, "gen": cfg.generation,
+                                             "trust_remote_code": cfg.model.trust_remote_code,
+                                             "task_prompt": cfg.task_prompt, "isolation": cfg.fault_tolerance})]
+    ds = ds.map_batches(run_stages, fn_kwargs={"steps": steps, "board": board, "tags": tags}, **cpu_stage)
     ds = ds.map_batches(
-        ModelEngine,
+        ModelStage,
         fn_constructor_kwargs={"cfg": cfg, "board": board, "ledger": ledger},
         batch_size=cfg.batching.rows_per_call,
         batch_format="numpy",
@@ -134,9 +162,8 @@ def _execute(cfg: PipelineConfig, todo: pa.Table, run_id: str, fingerprint: str,
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False  # ours shows items, with the ETA
     ctx.raise_original_map_exception = True  # keeps e.g. OutputStorageError recognisable at the driver
-    board = ProgressBoard.remote()
     faults = cfg.fault_tolerance
-    ledger = ray.remote(num_cpus=0, max_restarts=-1)(CrashLedger).remote(
+    board = ledger = ray.remote(num_cpus=0, max_restarts=-1)(RunBook).remote(
         cfg.model.path, faults.model_attempts, faults.max_consecutive_model_crashes)
     if observer is not None:
         observer.started(board)
@@ -159,7 +186,6 @@ def _execute(cfg: PipelineConfig, todo: pa.Table, run_id: str, fingerprint: str,
         display.close()
         if ray.is_initialized():
             ray.kill(board)
-            ray.kill(ledger)
             shutil.rmtree(crash_dir(ray.get_runtime_context().get_job_id()), ignore_errors=True)
 
 
