@@ -96,6 +96,7 @@ class GenerationEngine:
         self.visual_ids = [getattr(model.config, n) for n in ("image_token_id", "video_token_id")
                            if getattr(model.config, n, None) is not None]
         self.last_run = EngineStats()
+        self._row_cap: int | None = None
         # Called with (request indices, their steps, their scores [B, V]) before every choice; for
         # tools that inspect the choices (`jobs.margins`), off otherwise.
         self.observer: Callable[[list[int], Tensor, Tensor], None] | None = None
@@ -112,6 +113,7 @@ class GenerationEngine:
         pending: deque[int] = deque(order)
         running: DecodeBatch | None = None
         drain = False  # a row ran out of memory beside others: let them finish before prefilling it
+        self._row_cap = None  # rows decoding together, at most, after an out-of-memory error in this call
         sampling = any(r.temperature > 0 for r in requests)
         while pending or running is not None:
             if pending and not (drain and running is not None):
@@ -168,6 +170,7 @@ class GenerationEngine:
     def _admit(self, pending: deque[int], requests: list[GenerationRequest], running: DecodeBatch | None) -> list[int]:
         """The next rows in queue order whose prefill and merged cache fit the budget and the caps."""
         base_rows = running.size if running is not None else 0
+        cap = min(c for c in (self.max_batch_size, self._row_cap, len(pending) + base_rows) if c is not None)
         below = running.below.shape[1] if running is not None else 0
         above = running.above.shape[1] if running is not None else 0
         growth = running.growth if running is not None else 0
@@ -178,7 +181,7 @@ class GenerationEngine:
             if group and stack_key(r.inputs) != key:
                 break
             rows = len(group) + 1
-            if self.max_batch_size is not None and base_rows + rows > self.max_batch_size:
+            if base_rows + rows > cap:
                 break
             new_width, new_kept = max(width, r.prompt_tokens), max(kept, self._kept_estimate(r))
             new_longest = max(longest, r.max_new_tokens)
@@ -335,8 +338,8 @@ class GenerationEngine:
     def _preempt(self, batch: DecodeBatch, pending: deque[int], results: list[GenerationResult],
                  requests: list[GenerationRequest]) -> DecodeBatch | None:
         """Out of memory while decoding: the newest half of the rows go back to the queue (they
-        restart from their prompt; their tokens are the same, greedy or seeded), and the budget
-        shrinks to what the remaining rows hold, so they are not admitted again too soon."""
+        restart from their prompt; their tokens are the same, greedy or seeded), and for the rest
+        of this call no more rows than the remaining half decode together."""
         self._release()
         self.last_run.oom_retries += 1
         if batch.size == 1:
@@ -348,10 +351,8 @@ class GenerationEngine:
         for i in batch.rows[half:]:
             results[i] = GenerationResult()
         pending.extendleft(reversed(batch.rows[half:]))
-        kept = batch.select(list(range(half)))
-        self.budget.limit = min(self.budget.limit, self._batch_bytes(
-            kept.size, kept.below.shape[1], kept.above.shape[1], kept.growth))
-        return kept
+        self._row_cap = half
+        return batch.select(list(range(half)))
 
     def _release(self) -> None:
         """Free what a failed forward held before the next one runs."""
