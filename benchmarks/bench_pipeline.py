@@ -315,7 +315,7 @@ def prepare_rows(cfg, manifest_rows: list[dict]) -> tuple[list[dict], dict]:
             t1 = time.perf_counter()
             row = preprocess_row(row, cfg.model.path, cfg.generation, cfg.model.trust_remote_code, cfg.task_prompt)
             t2 = time.perf_counter()
-            row["ready_at"] = time.time()  # run_stage adds this after preprocess
+            row["ready_at"] = time.time()  # run_stages adds this after preprocess
             times[m["media_type"]]["decode"].append(t1 - t0)
             times[m["media_type"]]["preprocess"].append(t2 - t1)
             rows.append(row)

@@ -116,10 +116,25 @@ def run_eval(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    import ray
+
+    from jobs.submit import SUBMIT_COMMANDS, run_submit_command
+    from pipeline.run import stop_ray
+
+    if args.command in SUBMIT_COMMANDS:
+        return run_submit_command(args)
+    caller_has_ray = ray.is_initialized()
+    try:
+        return _dispatch(args)
+    finally:
+        if not caller_has_ray:  # the Ray this command started ends with it: now, not in the slower exit hook
+            stop_ray()
+
+
+def _dispatch(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
     from jobs.spec import SpecError
-    from jobs.submit import SUBMIT_COMMANDS, run_submit_command
     from pipeline.lock import OutputLockedError
     from pipeline.manifest import ManifestError
     from pipeline.preemption import EXIT_PREEMPTED, Preempted
@@ -129,8 +144,6 @@ def main(argv: list[str] | None = None) -> int:
     from pipeline.sink import FingerprintMismatchError
     from pipeline.storage import OutputStorageError, StorageUnavailableError
 
-    if args.command in SUBMIT_COMMANDS:
-        return run_submit_command(args)
     try:
         if args.command == "demo":
             from jobs.demo import run_demo

@@ -32,8 +32,9 @@ import numpy as np
 import torch
 
 from jobs.eval_stats import intervals
-from pipeline.collate import collate
-from pipeline.engine import _FirstStepClock
+from pipeline.config import ModelConfig
+from pipeline.generation import GenerationEngine, GenerationRequest, load_model
+from pipeline.preprocess import load_processor
 from scenes.grading import caption_scores, tag_f1
 from scenes.scene import MEDIA_TYPES, Scene, scenes
 from scenes.inputs import TASKS, model_inputs
@@ -76,37 +77,23 @@ def prepare(processor, split: str, counts: dict[str, int], first_scene: int = 0)
 
 
 def load(model_path: str | Path):
-    from transformers import AutoModelForImageTextToText, AutoProcessor
+    """The model as a job loads it (`load_model`: the same vision packing, the same device rule), in
+    float32 so the report reproduces bit for bit on a CPU."""
+    model = load_model(ModelConfig(path=str(model_path), dtype="float32"))
+    return model, load_processor(str(model_path), False)
 
-    processor = AutoProcessor.from_pretrained(str(model_path), local_files_only=True)
-    model = AutoModelForImageTextToText.from_pretrained(str(model_path), dtype=torch.float32, local_files_only=True)
-    return model.eval(), processor
 
-
-@torch.inference_mode()
 def generate(model, processor, items: list[Item], batch_size: int, max_new_tokens: int = 32,
              handle: Any = None) -> tuple[list[str], float, list[Any]]:
-    """Greedy answers in item order, prefill seconds summed over batches, per-item pruning stats."""
-    tok = processor.tokenizer
-    eos = model.generation_config.eos_token_id
-    suppress = sorted(set(tok.all_special_ids) - set(eos if isinstance(eos, list) else [eos]))
-    order = sorted(range(len(items)), key=lambda i: (items[i].task, len(items[i].inputs["input_ids"])))
-    texts: list[str] = [""] * len(items)
-    stats: list[Any] = [None] * len(items)
-    prefill = 0.0
-    for start in range(0, len(order), batch_size):
-        chunk = order[start:start + batch_size]
-        batch = collate([items[i].inputs for i in chunk], tok.pad_token_id, model.device, model.dtype)
-        clock = _FirstStepClock()
-        began = time.perf_counter()
-        out = model.generate(**batch, max_new_tokens=max_new_tokens, min_new_tokens=1, do_sample=False,
-                             suppress_tokens=suppress, pad_token_id=tok.pad_token_id, logits_processor=[clock])
-        prefill += (clock.at or time.perf_counter()) - began
-        decoded = processor.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
-        for j, i in enumerate(chunk):
-            texts[i] = decoded[j].strip()
-            stats[i] = handle.last_stats[j] if handle is not None and handle.enabled and handle.last_stats else None
-    return texts, prefill, stats
+    """Greedy answers in item order through the job's engine (at most `batch_size` rows per
+    forward), prefill seconds, per-item pruning stats."""
+    engine = GenerationEngine(model, processor.tokenizer, handle, max_batch_size=batch_size)
+    results = engine.generate([GenerationRequest(it.inputs, max_new_tokens=max_new_tokens) for it in items])
+    failed = [r.error for r in results if r.error is not None]
+    if failed:
+        raise failed[0]
+    stats = [r.stats if handle is not None and handle.enabled else None for r in results]
+    return [r.text for r in results], engine.last_run.prefill_s, stats
 
 
 def grade(items: list[Item], texts: list[str]) -> dict[str, float]:

@@ -19,33 +19,40 @@ import iwp_ops
 from jobs.default_model import default_model_path
 from jobs.eval import load
 from jobs.sample_data import demo_scenes
-from pipeline.collate import collate
 from pipeline.config import PruningConfig
+from pipeline.generation import GenerationEngine, GenerationRequest
 from scenes.inputs import model_inputs
 
 
-@torch.inference_mode()
 def closest_calls(model_path: str | Path, max_new_tokens: int = 40) -> list[dict]:
-    """Per demo scene: the caption, whether it is exact, and its smallest top-two logit gap."""
+    """Per demo scene: the caption, whether it is exact, and its smallest top-two score gap, from
+    the job's own engine (the scores it chose from, after the banned ids)."""
     model, processor = load(model_path)
     tok = processor.tokenizer
     cfg = PruningConfig()
     handle = iwp_ops.enable_pruning(model, method=cfg.method, keep_ratio=cfg.keep_ratio, layer=cfg.layer)
-    rows = []
+    engine = GenerationEngine(model, tok, handle)
+    scenes = demo_scenes()
+    tops: dict[int, list[torch.Tensor]] = {i: [] for i in range(len(scenes))}
+
+    def observe(rows: list[int], steps: torch.Tensor, scores: torch.Tensor) -> None:
+        values, indices = scores.topk(2, dim=-1)
+        for j, row in enumerate(rows):
+            tops[row].append(torch.stack([values[j, 0] - values[j, 1], indices[j, 0], indices[j, 1]]))
+
+    engine.observer = observe
     try:
-        for item_id, scene in demo_scenes().items():
-            batch = collate([model_inputs(processor, scene, "caption")], tok.pad_token_id, model.device, model.dtype)
-            out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, output_scores=True,
-                                 return_dict_in_generate=True, pad_token_id=tok.pad_token_id)
-            values, indices = torch.stack([s[0] for s in out.scores]).topk(2, dim=-1)
-            gaps = values[:, 0] - values[:, 1]
-            step = int(gaps.argmin())
-            pair = tok.convert_ids_to_tokens(indices[step].tolist())
-            caption = tok.decode(out.sequences[0, batch["input_ids"].shape[1]:], skip_special_tokens=True).strip()
-            rows.append({"id": item_id, "caption": caption, "exact": caption == scene.caption(),
-                         "min_gap": float(gaps[step]), "at_token": step, "chose": pair[0], "over": pair[1]})
+        results = engine.generate([GenerationRequest(model_inputs(processor, scene, "caption"), max_new_tokens)
+                                   for scene in scenes.values()])
     finally:
         handle.remove()
+    rows = []
+    for i, ((item_id, scene), result) in enumerate(zip(scenes.items(), results)):
+        gaps = torch.stack(tops[i])
+        step = int(gaps[:, 0].argmin())
+        pair = tok.convert_ids_to_tokens([int(gaps[step, 1]), int(gaps[step, 2])])
+        rows.append({"id": item_id, "caption": result.text, "exact": result.text == scene.caption(),
+                     "min_gap": float(gaps[step, 0]), "at_token": step, "chose": pair[0], "over": pair[1]})
     return rows
 
 

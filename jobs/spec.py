@@ -10,7 +10,7 @@ model: {path: /models/qwen2.5-vl-7b-instruct, dtype: bfloat16, device: auto}
 pruning: {method: iwp, keep_ratio: 0.222, layer: 2}
 sampling: {num_frames: 8, max_side: 448}
 generation: {max_new_tokens: 32}
-batching: {max_batch_size: 8, max_batch_tokens: 16384}
+batching: {memory_utilization: 0.9}   # or a memory_limit_mb; optional caps max_batch_size, max_batch_tokens
 resources: {model_actors: [1, 4], gpus_per_actor: 1, cpus_per_decode_task: 1}
 metrics: {pushgateway: "http://iwp-pushgateway:9091"}   # optional
 stall_timeout_s: 900             # fail the job when no item finishes for this long

@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from pipeline.storage import credential_problem
 from pipeline.tags import default_tag_prompt, vocabulary_problem
@@ -31,6 +31,49 @@ class SamplingConfig(_Strict):
                                    "(nothing is read); also bounds a remote video's local spool file")
 
 
+class ClipsConfig(_Strict):
+    """How long videos are split into clips before decoding, one result row per clip
+    (`pipeline.clips`); mode "none" keeps one row per manifest row. Images are never split, and
+    a manifest row's own start_s/end_s limits the part of the video that is split."""
+
+    mode: Literal["none", "fixed", "shots"] = Field(
+        "none", description="none, fixed (windows of length_s every stride_s) or shots (a clip per shot "
+                            "cut by PySceneDetect); giving length_s alone means fixed")
+    length_s: float | None = Field(None, gt=0, description="fixed mode: seconds per clip")
+    stride_s: float | None = Field(None, gt=0, description="fixed mode: seconds from one clip's start to the "
+                                                           "next (default length_s: back to back)")
+    min_length_s: float = Field(1.0, ge=0, description="a shot or last window shorter than this joins its "
+                                                       "neighbour; a whole video shorter is one short clip")
+    max_length_s: float | None = Field(None, gt=0, description="shots mode: shots longer than this are split "
+                                                               "into equal windows no longer than it")
+    plan_timeout_s: float = Field(1800.0, gt=0, description="a source still being probed or cut after this "
+                                                            "long fails as PlanTimeout (with decode isolation)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fixed_by_length(cls, data: object) -> object:
+        if isinstance(data, dict) and data.get("mode") is None and data.get("length_s") is not None:
+            return {**data, "mode": "fixed"}
+        return data
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "ClipsConfig":
+        if self.mode == "fixed" and self.length_s is None:
+            raise ValueError("mode fixed needs length_s (seconds per clip)")
+        if self.mode != "fixed" and (self.length_s is not None or self.stride_s is not None):
+            raise ValueError(f"length_s and stride_s apply to mode fixed, not {self.mode!r}"
+                             + ("; shots are split by max_length_s" if self.mode == "shots" else ""))
+        if self.mode != "shots" and self.max_length_s is not None:
+            raise ValueError(f"max_length_s applies to mode shots, not {self.mode!r}")
+        if self.max_length_s is not None and self.max_length_s < self.min_length_s:
+            raise ValueError(f"max_length_s ({self.max_length_s}) is below min_length_s ({self.min_length_s})")
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        return self.mode != "none"
+
+
 class ModelConfig(_Strict):
     path: str = Field(description="local directory with a saved transformers model and processor")
     device: str = Field("auto", description="'auto', 'cpu', 'cuda' or 'cuda:N'")
@@ -43,8 +86,19 @@ class ModelConfig(_Strict):
                             "each actor compiles at its first video and image")
 
 
+MAX_NEW_TOKENS = 4096
+
+
 class GenerationConfig(_Strict):
-    max_new_tokens: int = Field(32, ge=1, le=4096, description="most tokens generated per item")
+    """Greedy by default; a temperature above 0 samples, reproducibly per row (its seed comes from
+    `seed` and the row's id, so it draws the same tokens in any batch)."""
+
+    max_new_tokens: int = Field(32, ge=1, le=MAX_NEW_TOKENS,
+                                description="most tokens generated per item (a manifest column max_new_tokens "
+                                            "overrides it per row)")
+    temperature: float = Field(0.0, ge=0, le=10, description="0: greedy; above 0: sample at this temperature")
+    top_p: float = Field(1.0, gt=0, le=1, description="with sampling: keep the most likely tokens up to this mass")
+    seed: int = Field(0, description="with sampling: the job's seed, mixed with each row's id")
     prompt: str = Field("describe this image .", description="used when a manifest row has no prompt")
     video_prompt: str = Field("describe this video .", description="default prompt for videos")
 
@@ -69,12 +123,19 @@ class PruningConfig(_Strict):
 
 
 class BatchingConfig(_Strict):
-    """Model batches are packed by tokens, not rows, so long videos do not blow up memory."""
+    """The generation engine sizes its batches from memory: a prefill micro-batch and the rows
+    decoding together must fit `memory_utilization` of the device (of the host's available
+    memory on a CPU), or `memory_limit_mb`; the two caps are optional limits on top."""
 
-    rows_per_call: int = Field(16, ge=1, description="rows handed to a model actor per call")
+    rows_per_call: int = Field(16, ge=1, description="rows handed to a model actor per call (they decode together)")
     rows_per_decode_batch: int = Field(4, ge=1, description="rows per decode/preprocess task call")
-    max_batch_size: int = Field(8, ge=1, description="items per forward pass, at most")
-    max_batch_tokens: int = Field(16384, ge=1, description="sum of padded sequence lengths per forward pass")
+    memory_utilization: float = Field(0.9, gt=0, le=1, description="share of the device's memory (a CPU: of the "
+                                                                    "host's available memory) the model may use")
+    memory_limit_mb: float | None = Field(None, gt=0, description="MiB for caches and activations beyond the "
+                                                                  "weights, instead of memory_utilization")
+    max_batch_size: int | None = Field(None, ge=1, description="rows per forward pass, at most (none: from memory)")
+    max_batch_tokens: int | None = Field(None, ge=1, description="padded prompt tokens per prefill micro-batch, at "
+                                                                 "most (none: from memory)")
 
 
 class DecodeIsolationConfig(_Strict):
@@ -196,6 +257,7 @@ class PipelineConfig(_Strict):
     model: ModelConfig
     pruning: PruningConfig = PruningConfig()
     sampling: SamplingConfig = SamplingConfig()
+    clips: ClipsConfig = ClipsConfig()
     generation: GenerationConfig = GenerationConfig()
     batching: BatchingConfig = BatchingConfig()
     resources: ResourcesConfig = ResourcesConfig()

@@ -133,8 +133,9 @@ def _decode_pyav(path: str, uri: str, cfg: SamplingConfig, start_s: float | None
     return _upright(np.stack(frames), _display_rotation(path)), _rate(fps, indices[: len(frames)])
 
 
-def decode_video(uri: str, cfg: SamplingConfig, start_s: float | None, end_s: float | None) -> tuple[np.ndarray, float]:
-    with spooled(uri, cfg.max_media_bytes) as path:
+def decode_video(uri: str, cfg: SamplingConfig, start_s: float | None, end_s: float | None,
+                 keep_spool: bool = False) -> tuple[np.ndarray, float]:
+    with spooled(uri, cfg.max_media_bytes, keep=keep_spool) as path:
         try:
             frames, rate = _decode_decord(path, uri, cfg, start_s, end_s)
         except _DecordRefused as refused:
@@ -159,10 +160,11 @@ def decode_image(uri: str, cfg: SamplingConfig) -> np.ndarray:
 
 
 def decode_media(uri: str, media_type: str, cfg: SamplingConfig, start_s: float | None,
-                 end_s: float | None) -> tuple[np.ndarray, float]:
-    """Frames and fps (0 for images) of one item; what the isolated child process runs."""
+                 end_s: float | None, keep_spool: bool = False) -> tuple[np.ndarray, float]:
+    """Frames and fps (0 for images) of one item; what the isolated child process runs.
+    `keep_spool`: a clip keeps its remote video's spool copy for the next clip of it."""
     if media_type == "video":
-        return decode_video(uri, cfg, start_s, end_s)
+        return decode_video(uri, cfg, start_s, end_s, keep_spool)
     return decode_image(uri, cfg), 0.0
 
 
@@ -176,6 +178,7 @@ def decode_row(row: dict, cfg: SamplingConfig, isolation: DecodeIsolationConfig 
         row.setdefault(name, None)
     for key in ("start_s", "end_s", "media_type"):
         row[key] = row.get(key) if is_present(row.get(key)) else None
+    row["source_id"] = row["source_id"] or row["id"]  # an unsplit row is its own source
     row["status"] = row["status"] or OK
     row["latency_s"] = row["latency_s"] or 0.0
     row["frames"], row["fps"] = b"", 0.0
@@ -189,7 +192,7 @@ def decode_row(row: dict, cfg: SamplingConfig, isolation: DecodeIsolationConfig 
                 f"cannot tell media type of {row['uri']!r}: set media_type to 'video' or 'image'"
             )
         row["media_type"] = media_type
-        args = (row["uri"], media_type, cfg, row.get("start_s"), row.get("end_s"))
+        args = (row["uri"], media_type, cfg, row.get("start_s"), row.get("end_s"), is_present(row.get("clip_index")))
         if isolation is not None and isolation.enabled:
             frames, row["fps"] = run_isolated(decode_media, args, isolation.timeout_s, isolation.max_attempts)
         else:

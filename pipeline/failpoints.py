@@ -7,6 +7,7 @@ would:
 
 - `IWP_FAILPOINT_DECODE_CRASH`: the decode child process (`pipeline.sandbox`);
 - `IWP_FAILPOINT_PREPROCESS_CRASH`: the preprocess child process (`pipeline.sandbox`);
+- `IWP_FAILPOINT_PLAN_CRASH`: the clip planner's child process (`pipeline.sandbox`);
 - `IWP_FAILPOINT_MODEL_CRASH`: the model actor, before it runs a model batch holding the item.
 
 `IWP_FAILPOINT_MODEL_HANG` makes the model actor block forever instead, as a hung kernel
@@ -22,9 +23,10 @@ from collections.abc import Iterable
 
 CRASH_ENV = "IWP_FAILPOINT_DECODE_CRASH"
 PREPROCESS_CRASH_ENV = "IWP_FAILPOINT_PREPROCESS_CRASH"
+PLAN_CRASH_ENV = "IWP_FAILPOINT_PLAN_CRASH"
 MODEL_CRASH_ENV = "IWP_FAILPOINT_MODEL_CRASH"
 MODEL_HANG_ENV = "IWP_FAILPOINT_MODEL_HANG"
-_ENV = {"decode": CRASH_ENV, "preprocess": PREPROCESS_CRASH_ENV, "model": MODEL_CRASH_ENV}
+_ENV = {"decode": CRASH_ENV, "preprocess": PREPROCESS_CRASH_ENV, "plan": PLAN_CRASH_ENV, "model": MODEL_CRASH_ENV}
 
 
 def _named(env: str, uris: Iterable[str]) -> bool:

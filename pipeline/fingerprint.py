@@ -40,6 +40,8 @@ def run_fingerprint(cfg: PipelineConfig) -> str:
         "pruning": cfg.pruning.model_dump(),
         "sampling": cfg.sampling.model_dump(exclude={"max_media_bytes"}),  # a cap refuses items, never shapes a row
     }
+    if cfg.clips.enabled:  # only then, so outputs made before clips existed keep their fingerprint
+        payload["clips"] = cfg.clips.model_dump(exclude={"plan_timeout_s"})  # a timeout refuses, never shapes
     blob = json.dumps(payload, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
 

@@ -21,6 +21,7 @@ OPTIONAL_TYPES: dict[str, pa.DataType] = {
     "prompt": pa.string(),
     "start_s": pa.float64(),
     "end_s": pa.float64(),
+    "max_new_tokens": pa.int64(),  # per row; checked where it is used, so a bad value fails its row only
 }
 VIDEO_EXTENSIONS = frozenset({".mp4", ".mkv", ".avi", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".ts"})
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff"})

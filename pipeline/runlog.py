@@ -27,8 +27,11 @@ class RunRecord:
     started: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
     ended: str | None = None
     status: str = "running"
-    todo: int = 0
+    todo: int = 0  # rows to do when the run started: clips of recorded plans, and sources still to plan
     skipped: int = 0
+    sources: int = 0  # manifest rows
+    sources_planned: int = 0  # source videos this run probed (or cut) into a clip plan
+    clips: int = 0  # clip rows the output holds, ok or failed, when the run ended (0 without clips)
     ok: int = 0
     failed: int = 0
     error: str | None = None

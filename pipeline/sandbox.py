@@ -35,6 +35,14 @@ class DecodeTimeout(TimeoutError):
     """The decoder process was still busy with this item after the timeout, and was killed."""
 
 
+class PlanCrashed(RuntimeError):
+    """The clip planner's process died on this source on every attempt."""
+
+
+class PlanTimeout(TimeoutError):
+    """The clip planner's process was still busy with this source after the timeout, and was killed."""
+
+
 class PreprocessCrashed(RuntimeError):
     """The preprocess process died on this item on every attempt."""
 
@@ -56,6 +64,7 @@ class Stage:
 
 DECODE = Stage("decode", DecoderCrashed, DecodeTimeout, "decoder", "decoding")
 PREPROCESS = Stage("preprocess", PreprocessCrashed, PreprocessTimeout, "preprocess", "preprocessing")
+PLAN = Stage("plan", PlanCrashed, PlanTimeout, "clip planner", "planning clips")
 
 
 class ChildError(RuntimeError):

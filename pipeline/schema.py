@@ -20,6 +20,10 @@ RESULT_SCHEMA = pa.schema(
         pa.field("id", pa.string(), nullable=False),
         pa.field("uri", pa.string()),
         pa.field("media_type", pa.string()),
+        pa.field("source_id", pa.string()),  # the manifest id; a clip's id is "<source_id>#<clip_index>"
+        pa.field("clip_index", pa.int32()),  # null on rows that are not clips (unsplit, images, unplannable)
+        pa.field("start_s", pa.float64()),  # the window decoded, seconds from the video's start; null = all
+        pa.field("end_s", pa.float64()),
         pa.field("status", pa.string(), nullable=False),
         pa.field("caption", pa.string()),
         pa.field("tags", pa.list_(pa.string())),

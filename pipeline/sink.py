@@ -7,7 +7,9 @@ Layout under OUTPUT:
   a retried task rewrites the same file instead of adding a second copy, and a killed
   writer leaves no half-written file that could be taken as done.
 - `dead_letter/part-<hash>.parquet`: every failed attempt, kept across retries.
-- `quarantine/`: result files that could not be read back (their ids are redone).
+- `quarantine/`: result and plan files that could not be read back (their ids are redone).
+- `_plans/part-<hash>.parquet`: the clip plans of split videos (`pipeline.plans`), one file per
+  planning batch, written before any of its clips, so a rerun knows every clip id it expects.
 
 The output's own id set is the checkpoint: a rerun reads it, refuses a different run
 fingerprint, and processes only the ids that are missing (plus failed ones when asked).
@@ -34,7 +36,7 @@ from pipeline.progress import report
 from pipeline.schema import FAILED, OK, RESULT_SCHEMA
 from pipeline.storage import OutputStorageError, resolve
 
-RESULTS_DIR, DEAD_LETTER_DIR, QUARANTINE_DIR = "results", "dead_letter", "quarantine"
+RESULTS_DIR, DEAD_LETTER_DIR, QUARANTINE_DIR, PLANS_DIR = "results", "dead_letter", "quarantine", "_plans"
 TMP_PREFIX = ".tmp-"  # a file being written; never read as a result (readers take only part-*.parquet)
 READERS = 16  # result files read at once: on an object store each read is a few round trips of waiting
 PROGRESS_COLUMNS = ("id", "status", "error_type", "stage", "media_type", "num_frames", "num_visual_tokens",
@@ -49,7 +51,7 @@ def subdir(output: str, name: str) -> str:
     return output.rstrip("/") + "/" + name
 
 
-def _atomic_write(table: pa.Table, uri: str) -> None:
+def atomic_write(table: pa.Table, uri: str) -> None:
     """Write `uri` whole or not at all; a storage failure raises OutputStorageError naming it."""
     fs, path = resolve(uri)
     parent = path.rsplit("/", 1)[0]
@@ -81,7 +83,7 @@ def _discard(fs: pafs.FileSystem, tmp: str) -> None:
 def sweep_temporary(output: str) -> int:
     """Delete temporary files that killed writers left; only safe while holding the output lock."""
     removed = 0
-    for name in (RESULTS_DIR, DEAD_LETTER_DIR):
+    for name in (RESULTS_DIR, DEAD_LETTER_DIR, PLANS_DIR):
         fs, path = resolve(subdir(output, name))
         for info in fs.get_file_info(pafs.FileSelector(path, allow_not_found=True, recursive=True)):
             if info.is_file and info.base_name.startswith(TMP_PREFIX):
@@ -97,10 +99,10 @@ def write_batch(table: pa.Table, output: str, run_id: str, fingerprint: str, par
     for name, value in (("run_id", run_id), ("fingerprint", fingerprint)):
         table = table.set_column(table.schema.get_field_index(name), name, pa.array([value] * len(table), pa.string()))
     digest = hashlib.sha1("\n".join(sorted(table["id"].to_pylist())).encode()).hexdigest()[:20]
-    _atomic_write(table, f"{subdir(output, RESULTS_DIR)}/{partition}/part-{digest}.parquet")
+    atomic_write(table, f"{subdir(output, RESULTS_DIR)}/{partition}/part-{digest}.parquet")
     failed = table.filter(pc.equal(table["status"], FAILED))
     if len(failed):
-        _atomic_write(failed, f"{subdir(output, DEAD_LETTER_DIR)}/part-{run_id}-{digest}.parquet")
+        atomic_write(failed, f"{subdir(output, DEAD_LETTER_DIR)}/part-{run_id}-{digest}.parquet")
     if tags is not None:
         metrics = stage_metrics()
         metrics.items_processed.inc(len(table), tags=tags)
@@ -110,13 +112,13 @@ def write_batch(table: pa.Table, output: str, run_id: str, fingerprint: str, par
     return table.select(list(PROGRESS_COLUMNS))
 
 
-def _files(output: str, name: str) -> tuple[pafs.FileSystem, list[str]]:
+def part_files(output: str, name: str) -> tuple[pafs.FileSystem, list[str]]:
     fs, path = resolve(subdir(output, name))
     infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True, recursive=True))
     return fs, sorted(i.path for i in infos if i.is_file and i.base_name.startswith("part-") and i.path.endswith(".parquet"))
 
 
-def _quarantine(fs: pafs.FileSystem, path: str, output: str) -> None:
+def quarantine(fs: pafs.FileSystem, path: str, output: str) -> None:
     _, target = resolve(subdir(output, QUARANTINE_DIR))
     fs.create_dir(target, recursive=True)
     fs.move(path, f"{target}/{'_'.join(path.rsplit('/', 2)[-2:])}")
@@ -129,7 +131,7 @@ def read_results(output: str, columns: list[str] | None = None, *, with_location
     `with_location` adds `_file` and `_row` (position in that file), which is what a
     rewrite needs to remove exact rows.
     """
-    fs, paths = _files(output, RESULTS_DIR)
+    fs, paths = part_files(output, RESULTS_DIR)
     names = columns or RESULT_SCHEMA.names
 
     def read(path: str) -> pa.Table | None:
@@ -143,7 +145,7 @@ def read_results(output: str, columns: list[str] | None = None, *, with_location
     tables = []
     for path, t in zip(paths, read_back):
         if t is None:
-            _quarantine(fs, path, output)
+            quarantine(fs, path, output)
             continue
         if with_location:
             t = t.append_column("_file", pa.array([path] * len(t), pa.string()))
@@ -156,7 +158,7 @@ def read_results(output: str, columns: list[str] | None = None, *, with_location
 
 
 def read_dead_letter(output: str) -> pa.Table:
-    fs, paths = _files(output, DEAD_LETTER_DIR)
+    fs, paths = part_files(output, DEAD_LETTER_DIR)
     tables = [pq.read_table(p, filesystem=fs, schema=RESULT_SCHEMA) for p in paths]
     return pa.concat_tables(tables) if tables else RESULT_SCHEMA.empty_table()
 
@@ -169,7 +171,7 @@ def _drop_rows(output: str, rows: pa.Table) -> None:
         table = pq.read_table(path, filesystem=fs, schema=RESULT_SCHEMA)
         keep = [i for i in range(len(table)) if i not in gone]
         if keep:
-            _atomic_write(table.take(keep), path)
+            atomic_write(table.take(keep), path)
         else:
             fs.delete_file(path)
 
@@ -221,12 +223,17 @@ def plan_resume(output: str, manifest: pa.Table, fingerprint: str, retry_failed:
 
 def fill_missing(output: str, manifest: pa.Table, present: pa.Array, run_id: str, fingerprint: str,
                  partition: str) -> int:
-    """After a finished run, record any manifest id not in `present` as failed, never silently missing."""
+    """After a finished run, record any expected id not in `present` as failed, never silently missing.
+
+    `manifest` holds the rows the output must have (`pipeline.plans.expected_rows`: a clip of
+    a recorded plan that never came back is one of them)."""
     lost = manifest.filter(pc.invert(pc.is_in(manifest["id"], value_set=present)))
     if not len(lost):
         return 0
     rows = [{"id": r["id"], "uri": r["uri"], "media_type": r["media_type"], "status": FAILED, "stage": "pipeline",
-             "error_type": "LostItem", "error": "the pipeline finished without a result for this id", "attempt": 1}
+             "error_type": "LostItem", "error": "the pipeline finished without a result for this id", "attempt": 1,
+             "source_id": r.get("source_id") or r["id"], "clip_index": r.get("clip_index"),
+             "start_s": r.get("start_s"), "end_s": r.get("end_s")}
             for r in lost.to_pylist()]
     write_batch(pa.Table.from_pylist(rows, schema=RESULT_SCHEMA), output, run_id, fingerprint, partition)
     return len(rows)

@@ -17,7 +17,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from urllib.parse import parse_qs, quote, urlsplit
 
 import pyarrow.fs as pafs
@@ -103,18 +103,22 @@ def _info(fs: pafs.FileSystem, path: str, failure: Callable[[OSError], Exception
 def object_size(fs: pafs.FileSystem, path: str, uri: str, max_bytes: int) -> int:
     """The size of the file `uri` from its metadata (0 for a local pipe or device, which has
     none); refuses a missing, empty or oversized one before anything is read from it."""
+    return int(_checked(fs, path, uri, max_bytes).size or 0)
+
+
+def _checked(fs: pafs.FileSystem, path: str, uri: str, max_bytes: int) -> pafs.FileInfo:
     info = _info(fs, path, lambda exc: StorageReadError(f"cannot read {uri}: {exc}"))
     if info.type == pafs.FileType.NotFound:
         raise FileNotFoundError(f"no such file: {uri}")
     if info.type == pafs.FileType.Unknown:  # a pipe or device: no size to check; the decode timeout guards it
-        return 0
+        return info
     if info.type != pafs.FileType.File:
         raise MediaError(f"not a file: {uri}")
     if info.size == 0:
         raise MediaError(f"empty file: {uri}")
     if info.size > max_bytes:
         raise MediaTooLargeError(f"{uri} is {info.size} bytes, above max_media_bytes={max_bytes}")
-    return int(info.size)
+    return info
 
 
 def _pid_alive(pid: int) -> bool:
@@ -128,6 +132,7 @@ def _pid_alive(pid: int) -> bool:
 
 
 _spool_dir: str | None = None
+_kept: tuple[tuple, str] | None = None  # the remote file a `spooled(keep=True)` left: (uri, size, mtime), local path
 
 
 def spool_dir() -> str:
@@ -146,16 +151,37 @@ def spool_dir() -> str:
     return _spool_dir
 
 
+def _drop_kept() -> None:
+    global _kept
+    if _kept is not None:
+        with suppress(OSError):
+            os.unlink(_kept[1])
+        _kept = None
+
+
 @contextmanager
-def spooled(uri: str, max_bytes: int) -> Iterator[str]:
+def spooled(uri: str, max_bytes: int, keep: bool = False) -> Iterator[str]:
     """A local path holding the file `uri`: the path itself for local files, else a spool copy
-    fetched once in large sequential reads and removed when the block ends."""
+    fetched once in large sequential reads and removed when the block ends.
+
+    With `keep` the copy stays until another remote file is kept in its place, so the clips
+    of one video that reach this process one after another fetch it once: a process holds
+    at most one kept copy, keyed by the object's URI, size and modification time."""
+    global _kept
     fs, path = resolve(uri)
-    size = object_size(fs, path, uri, max_bytes)
+    info = _checked(fs, path, uri, max_bytes)
+    size = int(info.size or 0)
     if isinstance(fs, pafs.LocalFileSystem):
         yield path
         return
+    key = (uri, size, info.mtime)
+    if keep and _kept is not None and _kept[0] == key and os.path.exists(_kept[1]):
+        yield _kept[1]
+        return
+    if keep:
+        _drop_kept()
     fd, local = tempfile.mkstemp(dir=spool_dir(), suffix=os.path.splitext(path)[1])
+    fetched = False
     try:
         with os.fdopen(fd, "wb") as out:
             try:
@@ -170,9 +196,30 @@ def spooled(uri: str, max_bytes: int) -> Iterator[str]:
                 raise StorageReadError(f"cannot read {uri}: {exc}") from exc
         if size and copied != size:
             raise StorageReadError(f"cannot read {uri}: got {copied} of its {size} bytes")
+        fetched = True
         yield local
     finally:
-        os.unlink(local)
+        if keep and fetched:
+            _kept = (key, local)
+        else:
+            os.unlink(local)
+
+
+@contextmanager
+def readable(uri: str, max_bytes: int) -> Iterator[str | pafs.NativeFile]:
+    """The file `uri` for a container probe: a local path, or a seekable reader over the remote
+    object that fetches only the byte ranges read (a video's header, not the whole video)."""
+    fs, path = resolve(uri)
+    _checked(fs, path, uri, max_bytes)
+    if isinstance(fs, pafs.LocalFileSystem):
+        yield path
+        return
+    try:
+        reader = fs.open_input_file(path)
+    except OSError as exc:
+        raise StorageReadError(f"cannot read {uri}: {exc}") from exc
+    with reader:
+        yield reader
 
 
 def probe(uri: str, what: str) -> None:

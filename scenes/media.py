@@ -22,6 +22,8 @@ COLOURS = {
     "orange": (240, 140, 30),
 }
 SHAPES = ("circle", "square", "triangle")
+LOOP_FRAMES = 48  # write_scenes renders this many frames of a scene and plays them back and forth
+SCENE_COLOURS = ((200, 60, 60), (40, 40, 140), (230, 220, 90), (40, 120, 50), (220, 120, 220))  # write_scenes' backgrounds: hue and brightness change at each cut
 
 
 @dataclass(frozen=True)
@@ -44,9 +46,10 @@ def _mask(kind: str, h: int, w: int, cx: float, cy: float, r: int) -> np.ndarray
     return (yy - cy <= r) & (yy - cy >= -r) & (np.abs(xx - cx) <= (yy - cy + r) / 2)
 
 
-def background(h: int, w: int, rng: np.random.Generator) -> np.ndarray:
-    """A smooth, highly redundant texture: most visual tokens carry little information."""
-    base = rng.integers(60, 200, size=3)
+def background(h: int, w: int, rng: np.random.Generator, base: tuple[int, int, int] | None = None) -> np.ndarray:
+    """A smooth, highly redundant texture (around the colour `base`, random if not given): most
+    visual tokens carry little information."""
+    base = rng.integers(60, 200, size=3) if base is None else np.array(base)
     yy, xx = np.mgrid[0:h, 0:w]
     stripes = (np.sin(xx / rng.uniform(6, 14)) + np.cos(yy / rng.uniform(6, 14))) * 12
     return np.clip(base[None, None, :] + stripes[..., None], 0, 255).astype(np.uint8)
@@ -97,6 +100,27 @@ def write_video(
     bg = background(h, w, rng)
     write_frames(path, (render(bg, shapes, t) for t in range(frames)), fps)
     return shapes
+
+
+def write_scenes(path: str | Path, cuts: list[float], duration: float, seed: int = 0, size: tuple[int, int] = (96, 128),
+                 fps: int = 24) -> None:
+    """Encode a video of `duration` s whose content changes completely at each time in `cuts`:
+    every scene has its own moving shapes on a background of the next colour of SCENE_COLOURS
+    (no two neighbours alike), so a shot detector has hard cuts at known times
+    (`int(cut * fps) / fps`, the first frame of the new scene)."""
+    rng = np.random.default_rng(seed)
+    h, w = size
+    bounds = [0, *[int(c * fps) for c in cuts], int(round(duration * fps))]
+
+    def frames() -> Iterable[np.ndarray]:
+        for scene, (first, stop) in enumerate(zip(bounds, bounds[1:])):
+            bg = background(h, w, rng, SCENE_COLOURS[scene % len(SCENE_COLOURS)])
+            shapes = random_shapes(rng, 2, h, w, moving=True)
+            loop = [render(bg, shapes, t) for t in range(min(LOOP_FRAMES, stop - first))]
+            for t in range(stop - first):  # the shapes move back and forth: no jump that looks like a cut
+                yield loop[min(t % (2 * LOOP_FRAMES), 2 * LOOP_FRAMES - 1 - t % (2 * LOOP_FRAMES))]
+
+    write_frames(path, frames(), fps)
 
 
 def write_frames(path: str | Path, frames: Iterable[np.ndarray], fps: int) -> None:

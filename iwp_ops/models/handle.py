@@ -120,6 +120,19 @@ class PruningHandle:
                            for b, a, f, k in zip(read[0], read[1], fidelity, kept)]
         return self._stats
 
+    @property
+    def pruned_mask(self) -> Tensor | None:
+        """The padding mask of the shorter cache that layers >= K hold after the latest call, or None
+        when it pruned nothing (disabled, or no visual tokens): then every layer's cache is full length."""
+        call = self._call
+        return None if call is None else call.kept_mask
+
+    def continue_decoding(self, kept_mask: Tensor) -> None:
+        """Decode the next step of a cache whose rows a caller rearranged (a continuous-batching
+        engine drops finished rows and joins new ones): layers >= K attend over the tokens that
+        `kept_mask` marks [B, their cache length], layers < K over the model's own mask."""
+        self._call = layer_k.Call.decoding(kept_mask)
+
     def disable(self) -> None:
         self.enabled = False
 

@@ -54,6 +54,13 @@ class Call:
             call.kept_length = max(n - c + k for n, c, k in zip(lengths, counts, budgets))
         return call
 
+    @classmethod
+    def decoding(cls, kept_mask: Tensor) -> Call:
+        """A decode step over a cache that its caller arranged (rows left, joined, trimmed):
+        layers >= K attend over `kept_mask`'s tokens plus the new one."""
+        empty = kept_mask.new_zeros(kept_mask.shape[0], 0, dtype=torch.bool)
+        return cls(visual=empty, attention=empty, kept_mask=kept_mask)
+
 
 def _rotate_half(x: Tensor) -> Tensor:
     half = x.shape[-1] // 2

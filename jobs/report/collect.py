@@ -105,20 +105,23 @@ def _failures(table: pa.Table) -> list[FailureGroup]:
 
 
 def _with_clip_windows(table: pa.Table, inputs: list[str]) -> pa.Table:
-    """Add each id's clip window from the runs' manifests (results do not carry it), so a
-    thumbnail shows the frames the model saw; an unreadable manifest leaves the whole video."""
+    """Fill each row's clip window from the runs' manifests where the results lack it (rows
+    written before results carried `start_s`/`end_s`), so a thumbnail shows the frames the model
+    saw; an unreadable manifest leaves the whole video."""
+    if not pc.any(pc.and_(pc.is_null(table["start_s"]), pc.is_null(table["end_s"]))).as_py():
+        return table
     windows: dict[str, tuple[float | None, float | None]] = {}
     for uri in dict.fromkeys(inputs):
         try:
             manifest = read_manifest(uri)
         except (ManifestError, OSError):
             continue
-        if "start_s" in manifest.column_names:
-            windows.update(zip(manifest["id"].to_pylist(), zip(manifest["start_s"].to_pylist(),
-                                                                manifest["end_s"].to_pylist())))
+        windows.update(zip(manifest["id"].to_pylist(), zip(manifest["start_s"].to_pylist(), manifest["end_s"].to_pylist())))
     found = [windows.get(i, (None, None)) for i in table["id"].to_pylist()]
-    return (table.append_column("start_s", pa.array([w[0] for w in found], pa.float64()))
-            .append_column("end_s", pa.array([w[1] for w in found], pa.float64())))
+    for n, name in enumerate(("start_s", "end_s")):
+        column = pc.coalesce(table[name], pa.array([w[n] for w in found], pa.float64()))
+        table = table.set_column(table.schema.get_field_index(name), name, column)
+    return table
 
 
 def read_output(output: str) -> OutputView:

@@ -57,3 +57,40 @@ def test_table_aligns_and_results_land_in_the_machine_folder(tmp_path, capsys):
     out = report.write_json(tmp_path / "deep" / "x.json", {"a": [1, 2]})
     assert json.loads(out.read_text()) == {"a": [1, 2]}
     assert f"wrote {out}" in capsys.readouterr().out
+
+
+def test_paired_processes_alternate_and_ratio_wall_times(tmp_path):
+    import sys
+
+    from benchmarks.harness.processes import paired
+
+    started: list[str] = []
+
+    def command(name: str, seconds: float):
+        def make(tag: str):
+            started.append(f"{name}-{tag}")
+            return [sys.executable, "-c", f"import time; time.sleep({seconds})"], tmp_path / f"{name}-{tag}.log"
+        return make
+
+    checked = []
+    result = paired({"slow": command("slow", 0.6), "fast": command("fast", 0.2)}, pairs=2, warmups=1,
+                    check=lambda name, run: checked.append((name, run["returncode"])))
+    assert started == ["slow-warmup0", "fast-warmup0", "fast-pair0", "slow-pair0", "slow-pair1", "fast-pair1"]
+    assert checked == [(n.split("-")[0], 0) for n in started]
+    assert [r["tag"] for r in result["runs"]["slow"]] == ["pair0", "pair1"]  # the warm-up pair is not counted
+    assert all(r > 1.5 for r in result["ratios"]) and result["median_ratio"] > 1.5
+    assert result["median_wall_s"]["slow"] >= 0.6 > result["median_wall_s"]["fast"] >= 0.2
+    assert all(r["linger_s"] < 1 and r["session_cpu_s"] >= 0 for rs in result["runs"].values() for r in rs)
+
+
+def test_a_run_waits_for_the_processes_it_left_and_counts_their_cpu(tmp_path):
+    import sys
+
+    from benchmarks.harness.processes import run_process
+
+    child = "import time\nwhile time.process_time() < 0.6: pass"  # spins until it has used 0.6 CPU-seconds
+    run = run_process([sys.executable, "-c", f"import subprocess, sys; subprocess.Popen([sys.executable, '-c', {child!r}])"],
+                      tmp_path / "run.log")
+    assert run["returncode"] == 0
+    assert run["linger_s"] >= 0.2  # the orphaned child outlived its parent, and was waited for
+    assert run["session_cpu_s"] >= 0.45  # its CPU counted, though its parent never reaped it

@@ -11,7 +11,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[2]
 K8S = REPO / "k8s"
 ENTRYPOINT = "iwp-annotate run /etc/iwp-annotate/job.yaml"
-SPEC_KEYS = {"name", "task", "input", "output", "model", "pruning", "sampling", "batching", "resources", "metrics"}
+SPEC_KEYS = {"name", "task", "input", "output", "model", "pruning", "sampling", "clips", "batching", "resources", "metrics"}
 RUN_BUILDS = ("small", "large")
 
 
@@ -55,7 +55,7 @@ def test_job_spec_configmap_has_the_contract_keys(rendered, build):
     assert set(spec["model"]) == {"path", "dtype", "device"} and spec["model"]["path"].startswith("/models/")
     assert set(spec["pruning"]) == {"method", "keep_ratio", "layer"} and 0 < spec["pruning"]["keep_ratio"] <= 1
     assert set(spec["sampling"]) == {"num_frames", "max_side"}
-    assert set(spec["batching"]) == {"max_batch_size", "max_batch_tokens"}
+    assert set(spec["batching"]) == {"memory_utilization"} and 0 < spec["batching"]["memory_utilization"] <= 1
     assert set(spec["resources"]) == {"model_actors", "gpus_per_actor", "cpus_per_decode_task"}
     lo, hi = spec["resources"]["model_actors"]
     assert 1 <= lo <= hi

@@ -115,10 +115,10 @@ def test_batch_of_ok_and_failed_rows_keeps_every_field(media, tmp_path):
     """A batch is built from its rows; a failure's fields must survive an ok first row."""
     import pyarrow as pa
 
-    from pipeline.stages import run_stage
+    from pipeline.stages import run_stages
 
     table = pa.Table.from_pylist([row(media["image"]), {**row(tmp_path / "gone.png"), "id": "y"}])
-    out = run_stage(table, fn=decode_row, stage="decode", board=None,
-                    tags={"job": "j", "task": "caption", "method": "iwp"}, cfg=SamplingConfig()).to_pylist()
+    out = run_stages(table, steps=[("decode", decode_row, {"cfg": SamplingConfig()})], board=None,
+                     tags={"job": "j", "task": "caption", "method": "iwp"}).to_pylist()
     assert [r["status"] for r in out] == ["ok", "failed"]
     assert out[1]["error_type"] == "FileNotFoundError" and out[1]["stage"] == "decode"

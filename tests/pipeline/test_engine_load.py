@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline import engine
+from pipeline.generation import loading
 from pipeline.config import ModelConfig, PipelineConfig
 from iwp_ops.models.vision_attention import NAME
 
@@ -14,7 +14,7 @@ from iwp_ops.models.vision_attention import NAME
 def test_vision_blocks_are_compiled_as_the_job_asks(tiny_model_dir, setting, compiled):
     cfg = PipelineConfig(input="m", output="o", model=ModelConfig(path=str(tiny_model_dir), device="cpu",
                                                                   compile_vision=setting))
-    model = engine.load_model(cfg)
+    model = loading.load_model(cfg.model)
     visual = model.model.visual
     assert visual.config._attn_implementation == NAME
     assert visual.patch_embed.forward.__func__ is not type(visual.patch_embed).forward
@@ -26,8 +26,8 @@ def test_auto_compiles_on_cuda(monkeypatch, tiny_model_dir):
     import torch
     from transformers import PreTrainedModel
 
-    monkeypatch.setattr(engine, "resolve_device", lambda name: torch.device("cuda"))
-    monkeypatch.setattr(engine, "resolve_dtype", lambda name, device: torch.float32)
+    monkeypatch.setattr(loading, "resolve_device", lambda name: torch.device("cuda"))
+    monkeypatch.setattr(loading, "resolve_dtype", lambda name, device: torch.float32)
     monkeypatch.setattr(PreTrainedModel, "to", lambda self, *a, **k: self)
-    model = engine.load_model(PipelineConfig(input="m", output="o", model=ModelConfig(path=str(tiny_model_dir))))
+    model = loading.load_model(ModelConfig(path=str(tiny_model_dir)))
     assert all(block._compiled_call_impl is not None for block in model.model.visual.blocks)

@@ -62,7 +62,7 @@ def test_killed_model_actor_is_restarted_and_its_items_redone(tmp_path, tiny_mod
     runner = threading.Thread(target=lambda: outcome.update(report=run_pipeline(cfg)), daemon=True)
     runner.start()
     wait_for(lambda: result_files(tmp_path / "out"), 300, "the first result file")
-    # Ray titles actor processes "ray::MapWorker(MapBatches(ModelEngine))..."; only this session's
+    # Ray titles actor processes "ray::MapWorker(MapBatches(ModelStage))..."; only this session's
     # Ray (started by this process) is searched, never other jobs on the machine.
     victims = [proc for _, proc in stage_workers(os.getpid(), (MODEL_WORKER,))]
     assert victims, "no live model actor process found"

@@ -109,9 +109,9 @@ def test_the_crash_log_names_the_fatal_signal(tmp_path, monkeypatch, sig, expect
     assert CrashLog("never-ran", "j").previous() == NO_REPORT
 
 
-def test_out_of_memory_splits_the_batch_frees_its_memory_and_fails_only_the_item_that_cannot_fit(tiny_model_dir, monkeypatch):
-    """On CPU the CUDA error is injected; what is checked is the logic around it: the failed batch's
-    tensors are gone before its halves run, and the lone item is an OutOfMemory row with its size."""
+def test_a_model_error_splits_the_call_frees_its_memory_and_fails_only_the_item_that_causes_it(tiny_model_dir, monkeypatch):
+    """An error the engine cannot pin on one row (out of memory it handles itself): the call's rows
+    are split until the culprit runs alone; the failed call's tensors are gone before its halves run."""
     import weakref
 
     import numpy as np
@@ -119,6 +119,7 @@ def test_out_of_memory_splits_the_batch_frees_its_memory_and_fails_only_the_item
 
     from jobs.spec import parse_spec
     from pipeline.engine import ModelEngine
+    from pipeline.generation import GenerationResult
     from pipeline.preprocess import build_inputs, load_processor
 
     cfg = parse_spec(f"input: m\noutput: o\nmodel: {{path: {tiny_model_dir}, device: cpu}}\npruning: {{method: none}}\n")
@@ -130,18 +131,19 @@ def test_out_of_memory_splits_the_batch_frees_its_memory_and_fails_only_the_item
     held: list[weakref.ref] = []
     sizes, alive = [], []
 
-    def generate(batch):
-        alive.append(sum(ref() is not None for ref in held))  # tensors of failed batches still in memory
-        sizes.append(len(batch))
-        if any(len(x["input_ids"]) > 40 for x in batch):
+    def generate(requests):
+        alive.append(sum(ref() is not None for ref in held))  # tensors of failed calls still in memory
+        sizes.append(len(requests))
+        if any(r.prompt_tokens > 40 for r in requests):
             activations = torch.ones(1 << 16)
             held.append(weakref.ref(activations))
-            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
-        return ["a caption"] * len(batch)
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
+        return [GenerationResult(tokens=[7], text="a caption") for _ in requests]
 
-    monkeypatch.setattr(engine, "_generate", generate)
+    monkeypatch.setattr(engine.engine, "generate", generate)
     engine._run(rows, inputs)
     assert sizes == [4, 2, 2, 1, 1] and alive == [0] * 5
     assert [r["status"] for r in rows] == ["ok", "ok", "failed", "ok"]
-    assert (rows[2]["error_type"], rows[2]["stage"]) == ("OutOfMemory", "model")
-    assert rows[2]["error"].startswith(f"out of device memory with this item alone: {len(inputs[2]['input_ids'])} tokens (4 visual); CUDA out of memory")
+    assert (rows[2]["error_type"], rows[2]["stage"]) == ("RuntimeError", "model")
+    assert rows[2]["error"].startswith("CUDA error: an illegal memory access")
+    assert rows[0]["caption"] == "a caption"

@@ -26,7 +26,8 @@ SECRET = "iwp-test-secret-7f3a9c1e5b"
 def test_remote_code_is_off_unless_the_job_asks(monkeypatch, tiny_model_dir):
     import transformers
 
-    from pipeline import engine, preprocess
+    from pipeline import preprocess
+    from pipeline.generation import loading
 
     calls = []
 
@@ -46,7 +47,7 @@ def test_remote_code_is_off_unless_the_job_asks(monkeypatch, tiny_model_dir):
     for asked in (False, True):
         model = ModelConfig(path=str(tiny_model_dir), trust_remote_code=True) if asked else ModelConfig(path=str(tiny_model_dir))
         cfg = PipelineConfig(input="m", output="o", model=model)
-        engine.load_model(cfg)
+        loading.load_model(cfg.model)
         preprocess.load_processor.__wrapped__(cfg.model.path, cfg.model.trust_remote_code)
     assert [(c["trust_remote_code"], c["local_files_only"]) for c in calls] == [
         (False, True), (False, True), (True, True), (True, True)]

@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 from scenes.media import write_image, write_video
 
 # Ray titles its worker processes "ray::<what runs there>"; these name our stages' workers.
-MODEL_WORKER, CPU_STAGE_WORKER = "ModelEngine", "run_stage"
+MODEL_WORKER, CPU_STAGE_WORKER = "ModelStage", "run_stages"
 
 
 def media_manifest(root: Path, count: int, video_every: int = 4) -> str:

@@ -2,7 +2,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pipeline.batching import pack_by_tokens
+from benchmarks.harness.static_batches import pack_by_tokens
 
 
 def test_longest_first_and_token_budget():
