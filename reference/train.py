@@ -183,12 +183,17 @@ def answer_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
                                              ignore_index=-100)
 
 
+# The methods the shipped model's pruned steps rotate through: the eight there were when it was
+# trained, named here so that peers added since (EVS, CDPruner) do not change the recipe.
+TRAINED_METHODS = ("iwp", "magnitude", "random", "uniform", "fastv", "divprune", "dart", "visionzip")
+
+
 def pruned_steps(steps: int, prune_from: float, share: float, seed: int) -> dict[int, str]:
     """Which steps run pruned (from `prune_from` of the schedule, each with probability `share`) and
     with which method: the methods in turn, so each is trained against equally."""
     rng = random.Random(seed)
     chosen = [s for s in range(steps) if s >= prune_from * steps and rng.random() < share]
-    return {s: iwp_ops.METHODS[i % len(iwp_ops.METHODS)] for i, s in enumerate(chosen)}
+    return {s: TRAINED_METHODS[i % len(TRAINED_METHODS)] for i, s in enumerate(chosen)}
 
 
 def unit_scale(features: torch.Tensor) -> torch.Tensor:
