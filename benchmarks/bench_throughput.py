@@ -122,6 +122,7 @@ def run_arm(arm: str, model, processor, handle, requests: list, keep: float, sta
         run = engine.last_run
         return {"seconds": seconds, "tokens": run.decode_tokens, "mean_decode_batch": run.mean_decode_batch,
                 "max_decode_batch": run.max_decode_batch, "micro_batches": run.micro_batches,
+                "prefill_s": run.prefill_s, "decode_s": run.decode_s,
                 "busy_share": (run.prefill_s + run.decode_s) / seconds, "peak_memory": run.peak_memory or None,
                 "kv_per_token": sum(engine.budget.kv_per_token)}
     best = None
@@ -142,13 +143,13 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--config", default=None, help="mid (CPU default) or 7b (GPU default)")
-    ap.add_argument("--items", type=int, default=None, help="items per workload (CPU 24, GPU 256)")
+    ap.add_argument("--items", type=int, default=None, help="items per workload (CPU 48, GPU 256)")
     ap.add_argument("--new-tokens", type=int, nargs="+", default=[64, 128])
     ap.add_argument("--workloads", nargs="+", default=["video", "image"], choices=list(SIZES))
     ap.add_argument("--keep", type=float, default=0.111)
     ap.add_argument("--layer", type=int, default=2)
     ap.add_argument("--static-batches", type=int, nargs="+", default=None,
-                    help="static arm batch sizes to try (CPU 8 24, GPU 32 64 128)")
+                    help="static arm batch sizes to try (CPU 16 48, GPU 32 64 128 256)")
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--arms", nargs="+", default=["engine", "engine unpruned", "static", "static unpruned"])
@@ -165,8 +166,8 @@ def main(argv: list[str] | None = None) -> None:
     import iwp_ops
 
     handle = iwp_ops.enable_pruning(model, method="iwp", keep_ratio=args.keep, layer=args.layer)
-    items = args.items or (256 if cuda else 24)
-    statics = args.static_batches or ([32, 64, 128] if cuda else [8, 24])
+    items = args.items or (256 if cuda else 48)
+    statics = args.static_batches or ([32, 64, 128, 256] if cuda else [16, 48])
     rates = device_rates(device)
     weights = module_bytes(model)
     spec_ids = {**spec, "image_token_id": model.config.image_token_id, "video_token_id": model.config.video_token_id}
