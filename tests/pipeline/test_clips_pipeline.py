@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -20,7 +19,7 @@ from pipeline.runlog import read_records
 from pipeline.sink import read_results
 from scenes.media import write_image, write_scenes
 from tests.pipeline.test_clips import zero_length_video
-from tests.support.faults import result_files, wait_for
+from tests.support.faults import kill_after_first_result
 
 
 def _manifest(root: Path, rows: list[dict]) -> str:
@@ -80,13 +79,7 @@ def test_killed_driver_rerun_does_every_clip_once_and_probes_no_planned_source_a
     cmd = [sys.executable, "-m", "jobs.cli", "run", "--input", manifest, "--output", str(output), "--model",
            str(tiny_model_dir), "--max-new-tokens", "24", "--clip-length", "2", "--rows-per-call", "4"]
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    first = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
-        wait_for(lambda: result_files(output) or first.poll() is not None, 300, "the first result file")
-        assert first.poll() is None, "the first run finished before it could be killed"
-    finally:
-        os.killpg(first.pid, signal.SIGKILL)
-        first.wait(timeout=60)
+    kill_after_first_result(cmd, env, output)
     planned_before = {(s, i): run for s, i, run in _plan_rows(output)}
     done_before = len(read_results(str(output)))
     assert planned_before and 0 < done_before < sources * 6

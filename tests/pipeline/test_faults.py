@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -15,7 +14,7 @@ import pytest
 from pipeline.config import GenerationConfig, ModelConfig, PipelineConfig
 from pipeline.run import run_pipeline
 from pipeline.sink import read_results
-from tests.support.faults import MODEL_WORKER, media_manifest, result_files, stage_workers, wait_for
+from tests.support.faults import MODEL_WORKER, kill_after_first_result, media_manifest, result_files, stage_workers, wait_for
 
 
 def image_manifest(root: Path, count: int) -> str:
@@ -80,13 +79,7 @@ def test_killed_driver_rerun_resumes_without_loss_or_duplicates(tmp_path, tiny_m
     manifest, output = image_manifest(tmp_path, count), tmp_path / "out"
     cmd = [sys.executable, "-m", "jobs.cli", "run", "--input", manifest, "--output", str(output),
            "--model", str(tiny_model_dir), "--max-new-tokens", "24"]
-    first = subprocess.Popen(cmd, env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
-        wait_for(lambda: result_files(output) or first.poll() is not None, 300, "the first result file")
-        assert first.poll() is None, "the first run finished before it could be killed"
-    finally:
-        os.killpg(first.pid, signal.SIGKILL)
-        first.wait(timeout=60)
+    kill_after_first_result(cmd, cli_env(), output)
     done_before = len(read_results(str(output)))
     assert 0 < done_before < count
     second = subprocess.run(cmd, env=cli_env(), capture_output=True, text=True, timeout=600)

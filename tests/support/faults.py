@@ -78,6 +78,18 @@ def tally(output: Path, manifest: str) -> Tally:
                  duplicated=len(ids) - len(set(ids)), failed=failed)
 
 
+def kill_after_first_result(cmd: list[str], env: dict[str, str], output: Path) -> None:
+    """Start a run, SIGKILL its whole process group once its first result file exists, and wait
+    for it: a driver killed mid-run, for the resume tests."""
+    run = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        wait_for(lambda: result_files(output) or run.poll() is not None, 300, "the first result file")
+        assert run.poll() is None, "the first run finished before it could be killed"
+    finally:
+        os.killpg(run.pid, signal.SIGKILL)
+        run.wait(timeout=60)
+
+
 def cli_command(manifest: str, output: Path, model: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "jobs.cli", "run", "--input", manifest, "--output", str(output), "--model", str(model),
             "--max-new-tokens", "24", *extra]
