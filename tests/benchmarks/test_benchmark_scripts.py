@@ -92,3 +92,22 @@ def test_stage_timer_reads_only_while_on(tiny_model_dir):
     models.prefill(model, inputs)
     assert all(seconds > 0 for seconds in timer.take().values())
     timer.remove()
+
+
+def test_throughput_benchmark_times_every_arm_on_the_same_forced_lengths(tmp_path):
+    import json
+
+    from benchmarks import bench_throughput
+
+    out = tmp_path / "throughput.json"
+    bench_throughput.main(["--items", "3", "--new-tokens", "12", "--workloads", "image", "--static-batches", "2",
+                           "--threads", "1", "--out", str(out)])
+    data = json.loads(out.read_text())
+    cells = {c["arm"]: c for c in data["cells"]}
+    assert set(cells) == {"engine", "engine unpruned", "static", "static unpruned"}
+    expected = sum(n + 1 if n < 12 else n for n in bench_throughput.lengths(3, 12, seed=7))  # each answer and its EOS
+    assert {c["tokens"] for c in cells.values()} == {expected}
+    assert cells["static"]["batch_size"] == 2 and cells["engine"]["micro_batches"] >= 1
+    assert all(c["seconds"] > 0 and c["ideal_seconds"] > 0 for c in cells.values())
+    ratio = data["ratios"][0]
+    assert ratio["engine_vs_static"] > 0 and ratio["ideal_pruned_vs_unpruned"] > 1
