@@ -14,10 +14,19 @@ def write(tmp_path, table):
 def test_valid_manifest_is_normalised(tmp_path):
     t = pa.table({"id": ["a", "b"], "uri": ["x.mp4", "y.png"], "start_s": [1, None]})
     out = read_manifest(write(tmp_path, t))
-    assert out.column_names == ["id", "uri", "media_type", "prompt", "start_s", "end_s"]
+    assert out.column_names == ["id", "uri", "media_type", "prompt", "start_s", "end_s", "max_new_tokens"]
     assert out["start_s"].type == pa.float64()
     assert out["start_s"].to_pylist() == [1.0, None]
     assert out["media_type"].to_pylist() == [None, None]
+    assert out["max_new_tokens"].type == pa.int64() and out["max_new_tokens"].null_count == 2
+
+
+def test_a_per_row_answer_limit_keeps_its_values_and_a_text_one_is_refused(tmp_path):
+    t = pa.table({"id": ["a", "b"], "uri": ["x.mp4", "y.png"], "max_new_tokens": pa.array([64, None], pa.int32())})
+    assert read_manifest(write(tmp_path, t))["max_new_tokens"].to_pylist() == [64, None]
+    bad = pa.table({"id": ["a"], "uri": ["x.mp4"], "max_new_tokens": ["many"]})
+    with pytest.raises(ManifestError, match="column 'max_new_tokens' must be int64"):
+        read_manifest(write(tmp_path, bad))
 
 
 @pytest.mark.parametrize("missing", ["id", "uri"])
