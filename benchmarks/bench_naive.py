@@ -161,9 +161,10 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"ours / naive wall time: median {ratio:.2f} over {args.pairs} pairs "
           f"(range {pairs['ratio_range'][0]:.2f}-{pairs['ratio_range'][1]:.2f}); "
           f"{'PASS' if ratio <= TARGET_RATIO else 'FAIL'} target <= {TARGET_RATIO}")
-    cpu_ratio = statistics.median(pairs["cpu_ratios"])
+    cpu = [r for r in pairs["cpu_ratios"] if r is not None]
+    cpu_ratio = statistics.median(cpu)
     print(f"ours / naive CPU seconds of all their processes: median {cpu_ratio:.2f} (range "
-          f"{min(pairs['cpu_ratios']):.2f}-{max(pairs['cpu_ratios']):.2f}); other load moves this far less than wall time")
+          f"{min(cpu):.2f}-{max(cpu):.2f}); other load moves this far less than wall time")
     print(f"captions equal to the naive script's (pruning on vs off): {same:.0%} of {items}")
     print(f"load average before {load_before[0]:.2f}, after {load_after[0]:.2f} (other work slows both commands)")
     if pieces:

@@ -95,7 +95,9 @@ def paired(commands: dict[str, Callable[[str], tuple[Sequence[str], Path]]], pai
         "runs": runs,
         "median_wall_s": {name: statistics.median(r["wall_s"] for r in rs) for name, rs in runs.items()},
         "median_session_cpu_s": {name: statistics.median(r["session_cpu_s"] for r in rs) for name, rs in runs.items()},
-        "cpu_ratios": [a["session_cpu_s"] / b["session_cpu_s"] for a, b in zip(runs[first], runs[second])],
+        # None where the second command used no measurable CPU (a process that only sleeps reads 0 ticks).
+        "cpu_ratios": [a["session_cpu_s"] / b["session_cpu_s"] if b["session_cpu_s"] > 0 else None
+                       for a, b in zip(runs[first], runs[second])],
         "median_linger_s": {name: statistics.median(r["linger_s"] for r in rs) for name, rs in runs.items()},
         "ratios": ratios,
         "median_ratio": statistics.median(ratios),
