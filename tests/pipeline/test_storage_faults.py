@@ -28,7 +28,8 @@ def small_tmpfs(tmp_path) -> Path:
 def test_storage_fault_mid_run_is_named_and_the_rerun_completes(small_tmpfs, tmp_path, tiny_model_dir, fault):
     count = 48
     manifest, output = media_manifest(tmp_path, count), small_tmpfs / "out"
-    cmd = cli_command(manifest, output, tiny_model_dir)
+    # Two rows per model call: results land over the whole run, so the fault comes while most are still to write.
+    cmd = cli_command(manifest, output, tiny_model_dir, "--rows-per-call", "2")
     log = tmp_path / "first.log"
     with open(log, "w") as err:
         first = subprocess.Popen(cmd, env=cli_env(), stdout=err, stderr=err, start_new_session=True)
