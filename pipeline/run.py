@@ -13,6 +13,7 @@ from typing import Any, Protocol
 import pyarrow as pa
 import pyarrow.compute as pc
 import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from pipeline import preemption
 from pipeline.config import PipelineConfig
@@ -163,7 +164,10 @@ def _execute(cfg: PipelineConfig, todo: pa.Table, run_id: str, fingerprint: str,
     ctx.enable_progress_bars = False  # ours shows items, with the ETA
     ctx.raise_original_map_exception = True  # keeps e.g. OutputStorageError recognisable at the driver
     faults = cfg.fault_tolerance
-    board = ledger = ray.remote(num_cpus=0, max_restarts=-1)(RunBook).remote(
+    # On the driver's node: a worker node that dies must not take the run's bookkeeping with it (the
+    # model actors' set-up waits on it); the driver's node dying ends the run anyway.
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    board = ledger = ray.remote(num_cpus=0, max_restarts=-1)(RunBook).options(scheduling_strategy=here).remote(
         cfg.model.path, faults.model_attempts, faults.max_consecutive_model_crashes)
     if observer is not None:
         observer.started(board)
