@@ -92,7 +92,6 @@ class GenerationEngine:
         self.suppress = sorted(set(tokenizer.all_special_ids) - set(self.eos_ids))
         self.chooser = Chooser(torch.tensor(self.suppress, dtype=torch.long, device=self.device),
                                torch.tensor(self.eos_ids, dtype=torch.long, device=self.device))
-        self._eos = self.chooser.eos
         self.visual_ids = [getattr(model.config, n) for n in ("image_token_id", "video_token_id")
                            if getattr(model.config, n, None) is not None]
         self.last_run = EngineStats()
@@ -312,7 +311,7 @@ class GenerationEngine:
 
     def _retire(self, batch: DecodeBatch, results: list[GenerationResult]) -> DecodeBatch | None:
         """Hand finished rows their answers; the batch of the others (None when none is left)."""
-        done = torch.isin(batch.last, self._eos) | (batch.steps >= batch.limits)
+        done = torch.isin(batch.last, self.chooser.eos) | (batch.steps >= batch.limits)
         if not bool(done.any()):
             return batch
         flags = done.tolist()
