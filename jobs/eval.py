@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from jobs.eval_stats import intervals
+from jobs.eval_stats import add_relative, intervals
 from pipeline.config import ModelConfig
 from pipeline.generation import GenerationEngine, GenerationRequest, load_model
 from pipeline.preprocess import load_processor
@@ -251,7 +251,7 @@ def evaluate(model_path: str | Path, *, split: str = "test", images: int = 100, 
                 print(f"{media:5s} {name:13s} keep {row['keep_ratio']:.3f}: caption {row['caption_attribute_accuracy']:.3f} "
                       f"exact {row['caption_exact']:.3f} tag F1 {row['tag_f1']:.3f} ({time.perf_counter() - began:.0f} s)",
                       flush=True)
-    add_relative(rows)
+    add_relative(rows, METRICS)
     return {"model": str(model_path), "split": split, "layer": layer, "counts": {"image": images, "video": videos},
             "first_scene": first_scene, "intervals": intervals(rows, METRICS),
             "keep_ratios": list(keep_ratios), "methods": [name for name, _, _ in configs],
@@ -269,11 +269,3 @@ def blind(items: list[Item]) -> list[Item]:
         other = items[(i + len(TASKS)) % len(items)].inputs
         out.append(Item(it.scene, it.task, {**it.inputs, **{k: other[k] for k in media_keys}}))
     return out
-
-
-def add_relative(rows: list[dict[str, Any]]) -> None:
-    """`relative`: each metric as % of the unpruned run on the same modality."""
-    base = {r["media"]: r for r in rows if r["method"] == "none"}
-    for r in rows:
-        b = base[r["media"]]
-        r["relative"] = {m: (100.0 * r[m] / b[m] if b[m] else None) for m in METRICS}

@@ -90,48 +90,89 @@ def intervals(rows: list[dict[str, Any]], metrics: tuple[str, ...], **kwargs: An
     return [e for m in metrics for e in paired_intervals(rows, m, **kwargs)]
 
 
-def pool(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """Runs of one model on disjoint slices of a split (`--first-scene`), as one run: each
-    configuration's per-scene scores concatenated, kept where every run has it, with intervals."""
-    if len({(r["model"], r["split"]) for r in runs}) != 1:
-        raise ValueError("pooled runs must share the model and the split")
+def add_relative(rows: list[dict[str, Any]], metrics: tuple[str, ...]) -> None:
+    """`relative`: each metric as % of the unpruned run on the same modality (None where that scored 0)."""
+    base = {r["media"]: r for r in rows if r["method"] == "none"}
+    for r in rows:
+        b = base[r["media"]]
+        r["relative"] = {m: (100.0 * r[m] / b[m] if b[m] else None) for m in metrics}
+
+
+def spans(runs: list[dict[str, Any]]) -> list[tuple[int, int]]:
+    """Each run's scene span ``(first, end)`` in order; refused where two overlap."""
     def span(run: dict[str, Any]) -> tuple[int, int]:
         first = run.get("first_scene", 0)
         return first, first + max(run["counts"][m] for m in {r["media"] for r in run["rows"]})
 
-    spans = sorted(span(r) for r in runs)
-    if any(a[1] > b[0] for a, b in zip(spans, spans[1:])):
-        raise ValueError(f"pooled runs must cover disjoint scenes; their spans overlap: {spans}")
+    if len({(r["model"], r["split"]) for r in runs}) != 1:
+        raise ValueError("pooled runs must share the model and the split")
+    out = sorted(span(r) for r in runs)
+    if any(a[1] > b[0] for a, b in zip(out, out[1:])):
+        raise ValueError(f"pooled runs must cover disjoint scenes; their spans overlap: {out}")
+    return out
+
+
+def _weighted(values: list[Any], weights: list[int]) -> Any:
+    """The scene-weighted mean of the parts' means (exact: every mean in a row is over its scenes)."""
+    if any(v is None for v in values):
+        return None
+    return sum(v * w for v, w in zip(values, weights)) / sum(weights)
+
+
+def merge(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Runs of one model on disjoint slices of a split (`--first-scene`) as one run, in the form
+    `jobs.eval_report.write_report` takes: per-scene scores concatenated in scene order, each mean
+    weighted by its slice's scene count, % of unpruned and the paired intervals drawn anew over all
+    the scenes. Configurations that not every run has are left out. So a long eval can run as
+    several processes, one per slice, and still be one report."""
+    covered = spans(runs)
+    runs = sorted(runs, key=lambda r: r.get("first_scene", 0))
     keyed = [{(r["media"], r["method"], r["keep_ratio"]): r for r in run["rows"] if "per_scene" in r} for run in runs]
     rows = []
     for key in (k for k in keyed[0] if all(k in other for other in keyed[1:])):
         parts = [k[key] for k in keyed]
-        rows.append({"media": key[0], "method": key[1], "keep_ratio": key[2],
-                     "per_scene": {m: [x for p in parts for x in p["per_scene"][m]] for m in parts[0]["per_scene"]}})
-    methods = [m for m in runs[0]["methods"] if any(r["method"] == m for r in rows)]
+        row = {f: v for f, v in parts[0].items() if f != "relative"}
+        scenes = [len(next(iter(p["per_scene"].values()))) for p in parts]
+        for field, value in parts[0].items():
+            if field not in ("keep_ratio", "layer", "items") and (value is None or type(value) in (int, float)):
+                row[field] = _weighted([p.get(field) for p in parts], scenes)
+        row["items"] = sum(scenes)
+        row["per_scene"] = {m: [x for p in parts for x in p["per_scene"][m]] for m in parts[0]["per_scene"]}
+        rows.append(row)
     metrics = tuple(dict.fromkeys(m for r in rows for m in r["per_scene"]))
-    return {"model": runs[0]["model"], "split": runs[0]["split"], "methods": methods, "spans": spans,
+    means = tuple(m for m in metrics if all(m in r for r in rows))
+    if means:
+        add_relative(rows, means)
+    measured = {r["media"] for r in rows}
+    counts = {m: sum(run["counts"][m] for run in runs) if m in measured else 0 for m in runs[0]["counts"]}
+    methods = [m for m in runs[0]["methods"] if any(r["method"] == m for r in rows)]
+    return {**runs[0], "counts": counts, "first_scene": covered[0][0], "spans": covered, "methods": methods,
+            "parts": [{"first_scene": r.get("first_scene", 0), "counts": r["counts"]} for r in runs],
             "intervals": intervals(rows, metrics), "rows": rows}
 
 
 def main(argv: list[str] | None = None) -> None:
-    """`python -m jobs.eval_stats RUN/results.json ...`: the interval tables of disjoint slices pooled."""
+    """`python -m jobs.eval_stats RUN/results.json ... [--out DIR]`: disjoint slices pooled; their interval
+    tables, and with --out the whole report of the pooled run (results.json, report.md, plots)."""
     import argparse
     import json
     from pathlib import Path
 
-    from jobs.eval_report import interval_table
+    from jobs.eval_report import interval_table, write_report
 
     ap = argparse.ArgumentParser(description=main.__doc__)
     ap.add_argument("results", nargs="+", type=Path, help="results.json of runs on disjoint slices of one split")
+    ap.add_argument("--out", type=Path, default=None, help="folder for the pooled run's results.json, report.md and plots")
     args = ap.parse_args(argv)
-    pooled = pool([json.loads(p.read_text()) for p in args.results])
+    pooled = merge([json.loads(p.read_text()) for p in args.results])
     scenes = sum(b - a for a, b in pooled["spans"])
     print(f"Model `{pooled['model']}`, split `{pooled['split']}`, scene spans {pooled['spans']} ({scenes} scenes per "
           "modality at most), pooled; paired bootstrap as in each report.\n")
     for media in dict.fromkeys(r["media"] for r in pooled["rows"]):
         for metric in ("caption_attribute_accuracy", "tag_f1"):
             print("\n".join(interval_table(pooled, media, metric)))
+    if args.out is not None:
+        print(f"report: {write_report(pooled, args.out)}")
 
 
 if __name__ == "__main__":

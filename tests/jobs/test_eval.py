@@ -6,13 +6,14 @@ from pathlib import Path
 import pytest
 
 from jobs.cli import main
-from jobs.eval import add_relative
+from jobs.eval import METRICS
+from jobs.eval_stats import add_relative
 
 
 def test_relative_is_percent_of_unpruned_on_the_same_modality():
     rows = [{"media": "image", "method": "none", "caption_attribute_accuracy": 0.8, "caption_exact": 0.5, "tag_f1": 0.0},
             {"media": "image", "method": "iwp", "caption_attribute_accuracy": 0.4, "caption_exact": 0.5, "tag_f1": 0.3}]
-    add_relative(rows)
+    add_relative(rows, METRICS)
     assert rows[0]["relative"]["caption_attribute_accuracy"] == 100.0
     assert rows[1]["relative"] == {"caption_attribute_accuracy": 50.0, "caption_exact": 100.0, "tag_f1": None}
 
@@ -145,3 +146,27 @@ def test_the_committed_report_reproduces_at_head():
             assert tuned["scores"][tuned["values"].index(tuned["chosen"])] == best
             assert tuned["chosen"] == next(v for v, s in zip(tuned["values"], tuned["scores"]) if s == best)
             assert knob_settings("fastv", tuned["chosen"]) == {"attention_layer": tuned["chosen"]}
+
+
+def test_slices_run_apart_and_merged_equal_one_run_over_their_union(tiny_model_dir, tmp_path):
+    from jobs.eval_stats import main as pool_main
+
+    def run(out, images, first):
+        assert main(["eval", "--model", str(tiny_model_dir), "--out", str(out), "--images", str(images), "--videos", "0",
+                     "--media", "image", "--methods", "iwp", "--keep-ratios", "0.111", "--first-scene", str(first),
+                     "--tune-images", "0", "--tune-videos", "0", "--threads", "1"]) == 0
+        return out / "results.json"
+
+    whole = json.loads(run(tmp_path / "whole", 3, 0).read_text())
+    pool_main([str(run(tmp_path / "b", 2, 1)), str(run(tmp_path / "a", 1, 0)), "--out", str(tmp_path / "pooled")])
+    pooled = json.loads((tmp_path / "pooled" / "results.json").read_text())
+    assert pooled["counts"]["image"] == 3 and pooled["spans"] == [[0, 1], [1, 3]]
+    # blind asks each scene about the next one's pixels within its own run, so only it may differ
+    rows = [(w, p) for w, p in zip(whole["rows"], pooled["rows"]) if w["method"] != "blind"]
+    assert [(w["method"], w["keep_ratio"]) for w, _ in rows] == [(p["method"], p["keep_ratio"]) for _, p in rows]
+    for w, p in rows:
+        assert p["per_scene"] == w["per_scene"] and p["items"] == w["items"] == 3
+        for field in ("caption_attribute_accuracy", "caption_exact", "tag_f1", "kept_tokens_mean"):
+            assert p[field] == pytest.approx(w[field])
+        assert p["relative"] == pytest.approx(w["relative"])
+    assert "| iwp | 11.1 % |" in (tmp_path / "pooled" / "report.md").read_text()

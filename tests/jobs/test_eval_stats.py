@@ -78,18 +78,24 @@ def test_the_report_table_names_each_verdict():
     assert "| worse | 11.1 % |" in table and "yes, behind iwp" in table and "| iwp | 11.1 % |" in table
 
 
-def test_disjoint_slices_pool_into_one_run_and_overlaps_are_refused():
-    from jobs.eval_stats import pool
+def test_disjoint_slices_merge_into_one_run_and_overlaps_are_refused():
+    from jobs.eval_stats import merge
 
     def run(first, none, iwp, other):
         rows = rows_of({"none": none, "iwp": iwp, "other": other})
-        return {"model": "m", "split": "test", "first_scene": first, "counts": {"image": len(none), "video": 50},
+        for r in rows:
+            r.update(m=float(np.mean(r["per_scene"]["m"])), weight_fidelity=None, items=len(none), layer=2)
+        return {"model": "m", "split": "test", "first_scene": first, "counts": {"image": len(none), "video": 0},
                 "methods": ["iwp", "other"], "rows": rows}
 
-    a, b = run(0, [1.0, 1.0], [1.0, 0.0], [1.0, 1.0]), run(2, [1.0, 0.5, 1.0], [0.5, 0.5, 1.0], [1.0, 0.5, 1.0])
-    pooled = pool([a, b])
-    other = next(r for r in pooled["rows"] if r["method"] == "other")
-    assert other["per_scene"]["m"] == [1.0, 1.0, 1.0, 0.5, 1.0] and pooled["spans"] == [(0, 2), (2, 5)]
+    a, b = run(0, [1.0, 1.0], [1.0, 0.0], [1.0, 1.0]), run(2, [1.0, 0.5, 1.0], [0.5, 0.5, 1.0], [1.0, 0.5, 0.0])
+    pooled = merge([b, a])
+    rows = by_method(pooled["rows"])
+    assert rows["other"]["per_scene"]["m"] == [1.0, 1.0, 1.0, 0.5, 0.0] and pooled["spans"] == [(0, 2), (2, 5)]
+    assert rows["other"]["m"] == pytest.approx(3.5 / 5) and rows["none"]["m"] == pytest.approx(4.5 / 5)
+    assert rows["other"]["relative"]["m"] == pytest.approx(100 * 3.5 / 4.5) and rows["other"]["items"] == 5
+    assert rows["iwp"]["weight_fidelity"] is None and rows["iwp"]["layer"] == 2
+    assert pooled["counts"] == {"image": 5, "video": 0} and pooled["first_scene"] == 0
     assert by_method(e for e in pooled["intervals"])["other"]["scenes"] == 5
     with pytest.raises(ValueError, match="overlap"):
-        pool([a, run(1, [1.0], [1.0], [1.0])])
+        merge([a, run(1, [1.0], [1.0], [1.0])])
