@@ -19,12 +19,22 @@ DEFAULT_MODEL_NOTE = (
 )
 
 
-def default_model_path() -> Path:
-    """The shipped model directory; fails plainly if an installation left it out."""
-    target = Path(reference.__file__).resolve().parent / "model"
+SHIPPED_MODELS = ("model", "model-training-free")  # the demo default; the one methods are compared on
+
+
+def shipped_model_path(name: str = "model") -> Path:
+    """A shipped model directory of `reference/`; fails plainly if an installation left it out."""
+    if name not in SHIPPED_MODELS:
+        raise ValueError(f"{name!r} is not a shipped model; those are {', '.join(SHIPPED_MODELS)}")
+    target = Path(reference.__file__).resolve().parent / name
     if not (target / "config.json").exists():
         raise FileNotFoundError(f"the shipped reference model is missing: {target} has no config.json")
     return target
+
+
+def default_model_path() -> Path:
+    """The embedded default: the pruning-aware demo model."""
+    return shipped_model_path("model")
 
 
 def resolve_model(model: str | None) -> str:
