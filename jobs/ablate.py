@@ -16,6 +16,7 @@ import argparse
 import json
 import time
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -53,18 +54,34 @@ VARIANTS: dict[str, dict[str, Any]] = {
 }
 
 
+def peer_layer(peer: str, methods: Sequence[str]) -> tuple[str, int]:
+    """`method` or `method@K` as (method, layer); checked before the model loads, so a typo costs
+    nothing."""
+    method, at, layer = peer.partition("@")
+    if method not in methods:
+        raise ValueError(f"unknown peer method {method!r} in {peer!r}; known: {list(methods)}")
+    if not at:
+        return method, BASE["layer"]
+    if not layer.isdigit():
+        raise ValueError(f"peer {peer!r}: the layer after '@' must be a decoder layer index, e.g. {method}@3")
+    return method, int(layer)
+
+
 def ablate(model_path: str | Path, *, images: int, videos: int, keep_ratios: tuple[float, ...],
            variants: tuple[str, ...] | None = None, batch_size: int = 16, peers: tuple[str, ...] = (),
            threads: int = THREADS) -> dict[str, Any]:
     """`variants`: names from VARIANTS to run (default: all), e.g. to confirm a screen on more scenes;
     a modality with 0 scenes is skipped. `peers`: methods run at their defaults on the same scenes,
-    as rows `peer <method>` beside the variants (never chosen as best: the yardstick)."""
+    as rows `peer <method>` beside the variants (never chosen as best: the yardstick); `method@K`
+    runs an in-LLM peer at layer K instead of BASE's, so a variant that moves IWP's layer can be
+    met at the same depth (the same share of the model run on every token)."""
     import iwp_ops
 
     unknown = [name for name in variants or () if name not in VARIANTS]
     if unknown:
         raise ValueError(f"unknown variant(s) {unknown}; known: {list(VARIANTS)}")
     chosen = {name: VARIANTS[name] for name in (variants or VARIANTS)}
+    peer_layers = {peer: peer_layer(peer, iwp_ops.METHODS) for peer in peers}
 
     torch.set_num_threads(threads)  # pinned, as in jobs.eval: greedy answers at near-ties depend on it
     torch.manual_seed(0)
@@ -76,10 +93,10 @@ def ablate(model_path: str | Path, *, images: int, videos: int, keep_ratios: tup
         size = batch_size if media == "image" else max(1, batch_size // 4)
         base = run_config(model, processor, handle, items, "none", 1.0, size)
         rows.append({"variant": "unpruned", "media": media, **base})
-        for method in peers:
+        for peer, (method, layer) in peer_layers.items():
             for ratio in keep_ratios:
-                row = {"variant": f"peer {method}", "media": media,
-                       **run_config(model, processor, handle, items, method, ratio, size, layer=BASE["layer"])}
+                row = {"variant": f"peer {peer}", "media": media, "layer": layer,
+                       **run_config(model, processor, handle, items, method, ratio, size, layer=layer)}
                 rows.append(row)
                 print(f"{media:5s} {row['variant']:48s} keep {ratio:.3f}: caption {row['caption_attribute_accuracy']:.3f} "
                       f"tag F1 {row['tag_f1']:.3f}", flush=True)
@@ -151,7 +168,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--videos", type=int, default=30)
     ap.add_argument("--keep-ratios", default="0.111,0.056")
     ap.add_argument("--variants", default=None, help="semicolon-separated variant names (default: all)")
-    ap.add_argument("--peers", default="", help="comma-separated methods to run beside the variants, as yardsticks")
+    ap.add_argument("--peers", default="", help="comma-separated methods to run beside the variants, as yardsticks; "
+                    "method@K runs one at decoder layer K")
     ap.add_argument("--threads", type=int, default=THREADS, help="torch threads (pinned: results depend on it)")
     args = ap.parse_args(argv)
     results = ablate(args.model or default_model_path(), images=args.images, videos=args.videos,

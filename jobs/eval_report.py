@@ -179,7 +179,7 @@ def plot(results: dict[str, Any], out: Path) -> list[Path]:
         ax.set_xlabel("visual tokens kept (%)")
     if axes[0][0].get_legend_handles_labels()[0]:
         axes[0][0].legend(fontsize=8)
-    fig.suptitle(f"shaded: each method's paired bootstrap 95 % interval ({REFERENCE}'s darker); differences from "
+    fig.suptitle(f"shaded: each method's paired bootstrap 95 % interval ({REFERENCE}'s darker);\ndifferences from "
                  f"{REFERENCE} are tighter than the bands suggest (report.md)" if bands else "", fontsize=9)
     fig.tight_layout()
     paths = [out / "accuracy_vs_keep.png"]

@@ -31,15 +31,19 @@ def test_a_video_only_screen_runs_the_video_variants_beside_a_peer(tiny_model_di
 
     names = ("default", "per-frame budgets", "no temporal RoPE in duplication")
     result = ablate(tiny_model_dir, images=0, videos=1, keep_ratios=(0.111,), variants=names, batch_size=2,
-                    peers=("evs",))
-    assert [r["variant"] for r in result["rows"]] == ["unpruned", "peer evs", *names]
+                    peers=("evs", "fastv@1"))
+    assert [r["variant"] for r in result["rows"]] == ["unpruned", "peer evs", "peer fastv@1", *names]
+    assert [r["layer"] for r in result["rows"][1:3]] == [BASE["layer"], 1]
     assert {r["media"] for r in result["rows"]} == {"video"}
-    assert set(result["scores"]) == set(names) and set(result["peer_scores"]) == {"peer evs"}
+    assert set(result["scores"]) == set(names) and set(result["peer_scores"]) == {"peer evs", "peer fastv@1"}
     assert result["best"] in names
     text = markdown(result)
     assert "| peer evs |" in text and "image" not in text.split("\n")[2]
     versus = {e["method"]: e for e in result["intervals"] if e["metric"] == "caption_attribute_accuracy"}
-    assert set(versus) == {"peer evs", *names} and "difference" not in versus["default"]
+    assert set(versus) == {"peer evs", "peer fastv@1", *names} and "difference" not in versus["default"]
     assert "| per-frame budgets | video | 11.1 % |" in text
     with pytest.raises(ValueError, match="unknown variant"):
         ablate(tiny_model_dir, images=0, videos=1, keep_ratios=(0.111,), variants=("lam=0.3",))
+    for peer, message in (("fastvv", "unknown peer method 'fastvv'"), ("fastv@x", "must be a decoder layer index")):
+        with pytest.raises(ValueError, match=message):
+            ablate(tiny_model_dir, images=0, videos=1, keep_ratios=(0.111,), peers=(peer,))
