@@ -153,6 +153,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--arms", nargs="+", default=["engine", "engine unpruned", "static", "static unpruned"])
+    ap.add_argument("--vision-compile", default="auto", choices=["auto", "on", "off"],
+                    help="as the job's model.compile_vision (auto: on CUDA only)")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
     device = torch.device(args.device)
@@ -164,6 +166,9 @@ def main(argv: list[str] | None = None) -> None:
     dtype = torch.bfloat16 if spec["dtype"] == "bfloat16" else torch.float32
     model, processor = models.build(spec, device, dtype)
     import iwp_ops
+    from pipeline.generation import prepare_vision
+
+    prepare_vision(model, args.vision_compile, device)  # the vision tower as load_model gives it to jobs
 
     handle = iwp_ops.enable_pruning(model, method="iwp", keep_ratio=args.keep, layer=args.layer)
     items = args.items or (256 if cuda else 48)
@@ -217,7 +222,7 @@ def main(argv: list[str] | None = None) -> None:
                          f"{r.get('share_of_ideal_ratio', float('nan')):.2f}") for r in ratios]))
     out = args.out or report.default_out("throughput", device)
     report.write_json(out, {"date": report.now(), "device": report.device_name(device), "config": config,
-                            "keep_ratio": args.keep, "layer": args.layer, "rates": {"flops": rates[0], "bytes": rates[1]},
+                            "keep_ratio": args.keep, "layer": args.layer, "vision_compile": args.vision_compile, "rates": {"flops": rates[0], "bytes": rates[1]},
                             "weights_bytes": weights, "cells": cells, "ratios": ratios,
                             "command": "python -m benchmarks.bench_throughput " + " ".join(argv or [])})
 

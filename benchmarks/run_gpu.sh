@@ -18,9 +18,14 @@
 #      whole encoder timed with each segment-attention path and (--compile) with compiled blocks;
 #   8. profile_prefill: the 64x392x392 video's whole prefill profiled with no synchronisation
 #      inside, unpruned vs 11.1 %, at batch 1, 4 and 8 (host vs device time per stage, device busy).
+#   9. bench_throughput (issue #23): the generation engine against static generate() batches, IWP at
+#      11.1 % against unpruned, 256 items per workload at 128 varying new tokens, pruning at K = 2;
+#  10. the same at K = 0 (the pruning layer that raises the ideal ratio most). Both with the vision
+#      blocks not compiled: compiling the 7B's takes 45-53 s per graph, which would not leave the
+#      arms their time within the part's limit; every arm runs the same vision tower.
 # bench_model compiles the vision blocks on CUDA, as the pipeline does (--vision-compile off
 # to compare); each of its processes compiles a video graph and an image graph (45-53 s on the H100).
-# Usage: benchmarks/run_gpu.sh OUTDIR [PARTS, default "0 1 2 3 4 5 6 7 8"]   (one JSON per part and run.log, all output,
+# Usage: benchmarks/run_gpu.sh OUTDIR [PARTS, default "0 1 2 3 4 5 6 7 8 9 10"]   (one JSON per part and run.log, all output,
 # land in OUTDIR; the files of a new run replace that GPU's in benchmarks/results/<gpu>/, earlier runs stay in git)
 # Needs torch with CUDA and transformers 5.24.x (the pinned range). Where the machine has another
 # transformers, install the 5.24 wheel beside it first, e.g.
@@ -28,7 +33,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${1:?usage: benchmarks/run_gpu.sh OUTDIR [PARTS]}
-parts=" ${2:-0 1 2 3 4 5 6 7 8} "
+parts=" ${2:-0 1 2 3 4 5 6 7 8 9 10} "
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 PY=${PYTHON:-python3}
@@ -61,4 +66,11 @@ if [[ $parts == *" 7 "* ]]; then
 fi
 [[ $parts == *" 8 "* ]] && echo "=== profile_prefill: --batches 1 4 8" | tee -a "$out/run.log" && timeout "${PART_LIMIT_S:-200}" "$PY" -m benchmarks.profile_prefill --device cuda --repeats 3 \
   --batches 1 4 8 --out "$out/profile_prefill_batches.json" 2>&1 | tee -a "$out/run.log"
+for part in 9 10; do
+  [[ $parts == *" $part "* ]] || continue
+  layer=$([[ $part == 9 ]] && echo 2 || echo 0)
+  echo "=== bench_throughput: --layer $layer" | tee -a "$out/run.log"
+  timeout "${THROUGHPUT_LIMIT_S:-300}" "$PY" -m benchmarks.bench_throughput --device cuda --config 7b --new-tokens 128 \
+    --layer "$layer" --vision-compile off --out "$out/bench_throughput_7b_k$layer.json" 2>&1 | tee -a "$out/run.log"
+done
 exit 0

@@ -6,9 +6,9 @@ measured on the path that jobs run.
 """
 
 from pipeline.generation.engine import EngineStats, GenerationEngine
-from pipeline.generation.loading import enable_job_pruning, load_model, resolve_device, resolve_dtype
+from pipeline.generation.loading import enable_job_pruning, load_model, prepare_vision, resolve_device, resolve_dtype
 from pipeline.generation.memory import MemoryBudget
 from pipeline.generation.requests import GenerationRequest, GenerationResult, OutOfMemory
 
 __all__ = ["EngineStats", "GenerationEngine", "GenerationRequest", "GenerationResult", "MemoryBudget", "OutOfMemory",
-           "enable_job_pruning", "load_model", "resolve_device", "resolve_dtype"]
+           "enable_job_pruning", "load_model", "prepare_vision", "resolve_device", "resolve_dtype"]
